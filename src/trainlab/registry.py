@@ -1,0 +1,160 @@
+"""Registries of named components, and the component base class.
+
+A component is a frozen pydantic model whose fields are its hyperparameters (DESIGN §4). Each registry maps one
+lower snake_case name to one class; configs name a component as ``{name: cosine, ...}`` or just ``cosine``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SerializeAsAny, ValidationError, model_serializer
+
+
+class ConfigError(ValueError):
+    """Bad user input: a config value, a name, a file. Its message is meant to be shown as is."""
+
+
+class Component(BaseModel):
+    """Base of every registered component: frozen, unknown keys rejected; ``model_dump()`` includes ``name``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=False)
+    name: ClassVar[str] = ""
+
+    @model_serializer(mode="wrap")
+    def _with_name(self, handler: Any) -> dict[str, Any]:
+        return {"name": self.name, **handler(self)}
+
+    @classmethod
+    def describe(cls) -> str:
+        """The first line of the class docstring: what ``trainlab list`` prints."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+C = TypeVar("C", bound=Component)
+
+
+def _a(word: str) -> str:
+    return ("An " if word[0] in "aeiou" else "A ") + word
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """'Did you mean ...? ' for the closest choice, or ''."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"Did you mean '{close[0]}'? " if close else ""
+
+
+class Registry(Generic[C]):
+    """Maps names to component classes of one kind (``initializer``, ``optimizer``, ...)."""
+
+    def __init__(self, kind: str, base: type[C]):
+        self.kind = kind
+        self.base = base
+        self._classes: dict[str, type[C]] = {}
+
+    def register(self, name: str):
+        """Class decorator: ``@OPTIMIZERS.register("adamw")``. A name can be registered once."""
+        if not name or name != name.lower() or not name.replace("_", "").isalnum():
+            raise ValueError(f"A {self.kind} name must be lower snake_case. Got {name!r} instead.")
+
+        def decorate(cls: type[C]) -> type[C]:
+            if name in self._classes:
+                raise ValueError(f"The {self.kind} name {name!r} is already registered to "
+                                 f"{self._classes[name].__qualname__}.")
+            if not (isinstance(cls, type) and issubclass(cls, self.base)):
+                raise TypeError(f"A {self.kind} must subclass {self.base.__name__}. Got {cls!r} instead.")
+            cls.name = name
+            self._classes[name] = cls
+            return cls
+
+        return decorate
+
+    def get(self, name: str) -> type[C]:
+        try:
+            return self._classes[name]
+        except KeyError:
+            raise ConfigError(f"Unknown {self.kind} {name!r}. {suggest(str(name), self.names())}"
+                              f"Available: {', '.join(self.names())}.") from None
+
+    def names(self) -> list[str]:
+        return list(self._classes)
+
+    def describe(self) -> dict[str, str]:
+        """name -> one-line description."""
+        return {n: c.describe() for n, c in self._classes.items()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+    def create(self, value: Any) -> C:
+        """A component from an instance, a name, or a ``{name: ..., **fields}`` mapping."""
+        if isinstance(value, self.base):
+            return value
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            raise TypeError(f"{_a(self.kind)} must be a name or a mapping with a 'name' key. "
+                            f"Got {type(value).__name__} {value!r} instead.")
+        if "name" not in value:
+            raise ValueError(f"{_a(self.kind)} mapping needs a 'name' key; one of: {', '.join(self.names())}. "
+                             f"Got keys {sorted(value)} instead.")
+        fields = {k: v for k, v in value.items() if k != "name"}
+        return self.get(value["name"]).model_validate(fields)
+
+    def field(self):
+        """The type of a config field holding one component of this registry."""
+        return Annotated[SerializeAsAny[self.base], BeforeValidator(self._validate_field)]
+
+    def _validate_field(self, value: Any) -> Any:
+        try:
+            return self.create(value)
+        except (ConfigError, TypeError) as e:
+            raise ValueError(str(e)) from None
+
+
+def format_validation_error(err: ValidationError, raw: Any, owner: str) -> str:
+    """One line per error: ``path: The 'x' parameter of Y must be Z. Got V instead.``
+
+    ``raw`` is the input that was validated (to name the component that owns a field); ``owner`` names the root.
+    """
+    lines = []
+    for e in err.errors():
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+        field = loc[-1] if loc else owner
+        parent, node = owner, raw
+        for p in loc[:-1]:
+            try:
+                node = node[p]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+            if isinstance(node, dict) and "name" in node:
+                parent = str(node["name"])
+            elif isinstance(node, str):
+                parent = node
+        msg = e["msg"]
+        etype = e["type"]
+        if etype == "extra_forbidden":
+            lines.append(f"{path}: {parent} has no parameter {field!r}.")
+            continue
+        if etype == "missing":
+            lines.append(f"{path}: the {field!r} parameter of {parent} is required.")
+            continue
+        if etype == "value_error":
+            lines.append(f"{path}: {msg.removeprefix('Value error, ')}" if path else msg.removeprefix("Value error, "))
+            continue
+        msg = msg.replace("Input should be", "must be").replace("Input should have", "must have")
+        if not msg.startswith("must"):
+            msg = f"is invalid: {msg}"
+        lines.append(f"{path}: The {field!r} parameter of {parent} {msg}. Got {e.get('input')!r} instead.")
+    return "\n".join(lines)
