@@ -16,7 +16,13 @@ A callback ends training by raising ``StopTraining(reason)``. Callbacks with sta
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
 
 if TYPE_CHECKING:
     from trainlab.trainer import Trainer
@@ -43,3 +49,251 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def improved(current: float, best: float, mode: str, min_delta: float) -> bool:
+    """Whether ``current`` beats ``best`` by more than ``min_delta`` in direction ``mode`` (min or max)."""
+    return current < best - min_delta if mode == "min" else current > best + min_delta
+
+
+def early_stopping_decision(values: Sequence[float], mode: str, patience: int,
+                            min_delta: float = 0.0) -> tuple[bool, int, str]:
+    """Pure decision over a metric's values so far: ``(stop, best_index, reason)``.
+
+    Stop when the last ``patience`` values have not improved on the best by more than ``min_delta``, or the
+    last value is not finite.
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"The 'mode' parameter of early stopping must be 'min' or 'max'. Got {mode!r} instead.")
+    best_i = -1
+    for i, v in enumerate(values):
+        if math.isfinite(v) and (best_i < 0 or improved(v, values[best_i], mode, min_delta)):
+            best_i = i
+    if values and not math.isfinite(values[-1]):
+        return True, best_i, f"the monitored value is {values[-1]} at epoch {len(values)}"
+    waited = len(values) - 1 - best_i
+    if best_i >= 0 and waited >= max(patience, 1):
+        return True, best_i, (f"no improvement for {waited} epochs (best {values[best_i]:.6g} at epoch {best_i + 1},"
+                              f" patience {patience})")
+    return False, best_i, ""
+
+
+def metric_mode(monitor: str, mode: str) -> str:
+    """``auto`` resolves to ``max`` for accuracy-like metrics and ``min`` otherwise."""
+    if mode != "auto":
+        return mode
+    return "max" if monitor.endswith("acc") else "min"
+
+
+def require_metric(metrics: dict[str, float], monitor: str, who: str) -> float:
+    if monitor not in metrics:
+        raise ValueError(f"The 'monitor' parameter of {who} names {monitor!r}, which was not logged. "
+                         f"Logged metrics: {', '.join(sorted(metrics))}.")
+    return float(metrics[monitor])
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored metric stops improving; restore the best weights at the end (Prechelt 1998)."""
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 10, min_delta: float = 0.0,
+                 restore_best: bool = True):
+        if patience < 0:
+            raise ValueError(f"The 'patience' parameter of EarlyStopping must be >= 0. Got {patience} instead.")
+        self.monitor, self.mode = monitor, metric_mode(monitor, mode)
+        self.patience, self.min_delta, self.restore_best = patience, min_delta, restore_best
+        self.values: list[float] = []
+        self.best_state: dict[str, Tensor] | None = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self.values.append(require_metric(trainer.metrics, self.monitor, "EarlyStopping"))
+        stop, best_i, reason = early_stopping_decision(self.values, self.mode, self.patience, self.min_delta)
+        if best_i == len(self.values) - 1:
+            self.best_epoch = best_i + 1
+            if self.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        trainer.extras["best_epoch"] = self.best_epoch
+        if stop:
+            raise StopTraining(f"early stopping: {reason}")
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.restore_best and self.best_state is not None and self.best_epoch != trainer.epoch:
+            trainer.model.load_state_dict(self.best_state)
+            trainer.extras["restored_epoch"] = self.best_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": list(self.values), "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.values, self.best_epoch, self.best_state = list(state["values"]), state["best_epoch"], state["best_state"]
+
+
+class NonFiniteGuard(Callback):
+    """Stop on a NaN or infinite loss and record why; checks every ``every_steps`` steps and at each epoch end.
+
+    Checking every step would force a host sync per step; a diverged run is caught within ``every_steps`` steps.
+    """
+
+    def __init__(self, every_steps: int = 25):
+        self.every_steps = every_steps
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if trainer.step % self.every_steps == 0 and not bool(torch.isfinite(trainer.loss)):
+            self._stop(trainer, f"non-finite loss ({trainer.loss.item()}) at step {trainer.step}")
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if not math.isfinite(trainer.metrics["train_loss"]):
+            self._stop(trainer, f"non-finite training loss in epoch {trainer.epoch}")
+
+    @staticmethod
+    def _stop(trainer: Trainer, reason: str) -> None:
+        trainer.extras["diverged"] = True
+        raise StopTraining(reason)
+
+
+class GradClip(Callback):
+    """Rescale gradients so their global L2 norm is at most ``max_norm`` (Pascanu et al. 2013)."""
+
+    def __init__(self, max_norm: float):
+        if not max_norm > 0:
+            raise ValueError(f"The 'max_norm' parameter of GradClip must be > 0. Got {max_norm} instead.")
+        self.max_norm = max_norm
+
+    def after_backward(self, trainer: Trainer) -> None:
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), self.max_norm, foreach=True)
+
+
+class GradientNoise(Callback):
+    """Add N(0, eta / (1 + t)^0.55) to every gradient (annealed gradient noise, Neelakantan et al. 2015)."""
+
+    def __init__(self, eta: float, generator: torch.Generator):
+        self.eta, self.generator = eta, generator
+
+    def after_backward(self, trainer: Trainer) -> None:
+        std = math.sqrt(self.eta / (1 + trainer.step) ** 0.55)
+        for p in trainer.model.parameters():
+            if p.grad is not None:
+                noise = torch.randn(p.grad.shape, generator=self.generator, dtype=p.grad.dtype)
+                p.grad.add_(noise.to(p.grad.device), alpha=std)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class WeightNoise(Callback):
+    """Perturb weights with N(0, std^2) for each step's forward and backward, then restore them (Graves 2011)."""
+
+    def __init__(self, std: float, generator: torch.Generator):
+        self.std, self.generator = std, generator
+        self._noise: list[Tensor] = []
+
+    def on_step_start(self, trainer: Trainer) -> None:
+        self._noise = []
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype).to(p.device) * self.std
+                p.add_(noise)
+                self._noise.append(noise)
+
+    def after_backward(self, trainer: Trainer) -> None:
+        with torch.no_grad():
+            for p, noise in zip(trainer.model.parameters(), self._noise):
+                p.sub_(noise)
+        self._noise = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class History(Callback):
+    """Write the per-epoch metrics to ``path`` (CSV) after every epoch, atomically."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        write_history_csv(self.path, trainer.history)
+
+
+def write_history_csv(path: str | Path, history: Sequence[dict[str, float]]) -> None:
+    from trainlab.checkpoints import atomic_write_text
+
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    lines = [",".join(columns)]
+    lines += [",".join("" if row.get(c) is None else f"{row[c]:.10g}" if isinstance(row[c], float) else str(row[c])
+                       for c in columns) for row in history]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+class Checkpoint(Callback):
+    """Save the full training state to ``path`` every ``every_epochs`` epochs and at the end (atomic writes)."""
+
+    def __init__(self, path: str | Path, every_epochs: int = 1, extra: dict[str, Any] | None = None):
+        self.path, self.every_epochs, self.extra = Path(path), every_epochs, extra or {}
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if trainer.epoch % self.every_epochs == 0:
+            self.save(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.save(trainer, finished=True)
+
+    def save(self, trainer: Trainer, finished: bool = False) -> None:
+        from trainlab.checkpoints import save_checkpoint
+
+        save_checkpoint(self.path, {**self.extra, "trainer": trainer.state_dict(), "finished": finished,
+                                    "stopped_reason": trainer.stopped_reason})
+
+
+class Progress(Callback):
+    """A rich progress bar over steps with the last epoch's metrics; plain lines when not on a terminal."""
+
+    def __init__(self, description: str = "train", console: Any = None):
+        self.description = description
+        self.console = console
+        self._progress: Any = None
+        self._task: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+        self.console = self.console or Console(stderr=True)
+        if not self.console.is_terminal:
+            return
+        total = trainer.epochs * trainer.data.steps_per_epoch(trainer.batch_size)
+        self._progress = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"), console=self.console,
+                             transient=False)
+        self._task = self._progress.add_task(self.description, total=total, completed=trainer.step, metrics="")
+        self._progress.start()
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        text = format_metrics(trainer.metrics)
+        if self._progress is not None:
+            self._progress.update(self._task, metrics=text)
+        else:
+            self.console.print(f"{self.description} epoch {trainer.epoch}/{trainer.epochs} {text}", highlight=False)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if trainer.stopped_reason:
+            self.console.print(f"{self.description}: stopped: {trainer.stopped_reason}", highlight=False)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)

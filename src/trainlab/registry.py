@@ -130,9 +130,11 @@ def format_validation_error(err: ValidationError, raw: Any, owner: str) -> str:
     for e in err.errors():
         loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
-        field = loc[-1] if loc else owner
-        parent, node = owner, raw
-        for p in loc[:-1]:
+        names = [p for p in loc if isinstance(p, str)]
+        field = names[-1] if names else owner
+        owner_depth = max((i for i, p in enumerate(loc) if isinstance(p, str)), default=0)
+        parent, node = (raw.get("name", owner) if isinstance(raw, dict) else owner), raw
+        for p in loc[:owner_depth]:
             try:
                 node = node[p]
             except (KeyError, IndexError, TypeError):

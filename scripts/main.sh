@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Sets up .venv (scripts/setup.sh) and runs the main job.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/trainlab train examples/mnist1d_cnn.yaml "$@"

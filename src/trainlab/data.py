@@ -1,0 +1,553 @@
+"""Datasets, splits, preprocessing and batches.
+
+A dataset spec loads raw numpy arrays (``RawData``); ``load_data(DataConfig)`` splits them (stratified for
+classification), fits the preprocessor on the training split only, and returns ``Data``: float32 tensors that
+yield seeded, augmented training batches without a DataLoader (the sets here fit in memory many times over).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+
+from trainlab.augment import AUGMENTATIONS, Augmentation
+from trainlab.registry import Component, ConfigError, Registry
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass
+class RawData:
+    """Arrays as a dataset provides them: inputs ``(N, ...)``, labels ``(N,)`` or targets ``(N,)``/``(N, k)``.
+
+    ``x_test``/``y_test`` are None when the dataset has no test split of its own (``load_data`` carves one).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    task: Task
+    num_classes: int | None
+    feature_names: list[str] | None = None
+    class_names: list[str] | None = None
+
+
+class DatasetSpec(Component):
+    """Base of datasets: ``spec.load() -> RawData``."""
+
+    def load(self) -> RawData:
+        raise NotImplementedError
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset", DatasetSpec)
+
+
+# --- MNIST-1D -------------------------------------------------------------------------------------------------------
+
+def _mnist1d_args(num_samples: int, seed: int):
+    from mnist1d.data import get_dataset_args
+
+    args = get_dataset_args(as_dict=True)
+    args.update(num_samples=num_samples, seed=seed)
+    del args["url"]  # where the original pickle lives; irrelevant to generation and never used here
+    return args
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """(x, y, x_test, y_test), generated once per process (about a second)."""
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    # make_dataset reseeds the global numpy and random generators; leave the caller's streams untouched.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(ObjectView(_mnist1d_args(num_samples, seed)))
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return (d["x"].astype(np.float32), d["y"].astype(np.int64),
+            d["x_test"].astype(np.float32), d["y_test"].astype(np.int64))
+
+
+@DATASETS.register("mnist1d")
+class Mnist1d(DatasetSpec):
+    """MNIST-1D: 10 classes of 1-D signals of length 40, 4000 train / 1000 test, generated offline.
+
+    Digit templates are padded, scaled, sheared, translated and noised (``mnist1d.data.make_dataset`` with the
+    package's default arguments; about a second, once per process). Greydanus & Kobak, "Scaling down deep learning with MNIST-1D", ICML 2024.
+    """
+
+    num_samples: int = Field(5000, ge=10)
+    seed: int = 42
+
+    def load(self) -> RawData:
+        x, y, x_test, y_test = _mnist1d_arrays(self.num_samples, self.seed)
+        return RawData(x.copy(), y.copy(), x_test.copy(), y_test.copy(), "classification", 10,
+                       class_names=[str(d) for d in range(10)])
+
+
+# --- scikit-learn bundled sets and synthetic sets -----------------------------------------------------------------
+
+def _sklearn_bunch(bunch, x: np.ndarray) -> RawData:
+    names = [str(n) for n in bunch.target_names]
+    return RawData(x.astype(np.float32), bunch.target.astype(np.int64), None, None, "classification", len(names),
+                   feature_names=[str(n) for n in bunch.feature_names], class_names=names)
+
+
+@DATASETS.register("digits")
+class Digits(DatasetSpec):
+    """scikit-learn's 8x8 handwritten digits: 1797 samples, 10 classes; image=True gives (1, 8, 8) for CNNs.
+
+    Pixel values are integers in [0, 16]. UCI "Optical Recognition of Handwritten Digits" (Alpaydin & Kaynak 1998).
+    """
+
+    image: bool = False
+
+    def load(self) -> RawData:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return _sklearn_bunch(bunch, bunch.data.reshape(-1, 1, 8, 8) if self.image else bunch.data)
+
+
+@DATASETS.register("breast_cancer")
+class BreastCancer(DatasetSpec):
+    """scikit-learn's Wisconsin breast cancer set: 569 samples, 30 features on very different scales, 2 classes."""
+
+    def load(self) -> RawData:
+        from sklearn.datasets import load_breast_cancer
+
+        bunch = load_breast_cancer()
+        return _sklearn_bunch(bunch, bunch.data)
+
+
+@DATASETS.register("wine")
+class Wine(DatasetSpec):
+    """scikit-learn's wine recognition set: 178 samples, 13 features on very different scales, 3 classes."""
+
+    def load(self) -> RawData:
+        from sklearn.datasets import load_wine
+
+        bunch = load_wine()
+        return _sklearn_bunch(bunch, bunch.data)
+
+
+@DATASETS.register("moons")
+class Moons(DatasetSpec):
+    """Two interleaving half circles in 2-D with Gaussian noise (sklearn.datasets.make_moons), 2 classes."""
+
+    n_samples: int = Field(1000, ge=2)
+    noise: float = Field(0.2, ge=0)
+    seed: int = 0
+
+    def load(self) -> RawData:
+        from sklearn.datasets import make_moons
+
+        x, y = make_moons(n_samples=self.n_samples, noise=self.noise, random_state=self.seed)
+        return RawData(x.astype(np.float32), y.astype(np.int64), None, None, "classification", 2)
+
+
+@DATASETS.register("spirals")
+class Spirals(DatasetSpec):
+    """Interleaved 2-D spiral arms, one per class: a classic set that a linear model cannot separate.
+
+    Sample ``i`` has class ``k = i mod K``, ``t ~ U(0, 1)``, angle ``theta = 2 pi (k / K + t) + noise * eps`` with
+    ``eps ~ N(0, 1)``, radius ``r = t`` and point ``r (cos theta, sin theta)`` (as in Karpathy's CS231n notes).
+    """
+
+    n_classes: int = Field(3, ge=2)
+    n_samples: int = Field(1500, ge=2)
+    noise: float = Field(0.2, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> Spirals:
+        if self.n_samples < self.n_classes:
+            raise ValueError(f"The 'n_samples' parameter of Spirals must be at least n_classes ({self.n_classes}). "
+                             f"Got {self.n_samples} instead.")
+        return self
+
+    def load(self) -> RawData:
+        rng = np.random.default_rng(self.seed)
+        y = np.arange(self.n_samples) % self.n_classes
+        t = rng.uniform(0.0, 1.0, self.n_samples)
+        theta = 2 * np.pi * (y / self.n_classes + t) + self.noise * rng.standard_normal(self.n_samples)
+        x = np.stack([t * np.cos(theta), t * np.sin(theta)], axis=1)
+        return RawData(x.astype(np.float32), y.astype(np.int64), None, None, "classification", self.n_classes)
+
+
+# --- user files -----------------------------------------------------------------------------------------------------
+
+def _targets(y: np.ndarray, task: str, owner: str) -> tuple[np.ndarray, Task, int | None, list[str] | None]:
+    """Labels as int64 class indices (classification) or float32 (N, k) targets (regression).
+
+    ``auto`` picks classification for integer-valued or string labels. Non-negative integer labels keep their
+    values (class c is output c, even if absent); other labels map to their rank among the sorted distinct values.
+    """
+    numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
+    if numeric:
+        y = y.astype(np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"The targets of {owner} must be finite numbers. Got NaN or inf instead.")
+    integral = numeric and bool(np.all(y == np.round(y)))
+    if task == "auto":
+        task = "classification" if integral or not numeric else "regression"
+    if task == "regression":
+        if not numeric:
+            raise ValueError(f"The targets of {owner} must be numbers for task='regression'. "
+                             f"Got values of type {y.dtype} instead.")
+        return (y.reshape(len(y), -1) if y.ndim > 1 else y[:, None]).astype(np.float32), "regression", None, None
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"The labels of {owner} must be one column for task='classification'. "
+                         f"Got shape {y.shape} instead.")
+    if numeric and not integral:
+        raise ValueError(f"The labels of {owner} must be integers for task='classification'. "
+                         f"Got non-integer values such as {y[y != np.round(y)][0]} instead.")
+    if numeric and y.min() >= 0:
+        return y.astype(np.int64), "classification", int(y.max()) + 1, None
+    classes, index = np.unique(y, return_inverse=True)
+    names = [str(int(c)) if numeric else str(c) for c in classes]
+    return index.astype(np.int64), "classification", len(classes), names
+
+
+def _existing(path: str, owner: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"The 'path' parameter of {owner} must name an existing file. Got {path!r} "
+                          f"(resolved to {p.resolve()}), which does not exist.")
+    return p
+
+
+def _inputs(x: np.ndarray, owner: str, key: str) -> np.ndarray:
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ValueError(f"The array {key!r} of {owner} must be numeric. Got dtype {x.dtype} instead.")
+    if x.ndim < 1:
+        raise ValueError(f"The array {key!r} of {owner} must have a sample axis. Got a scalar instead.")
+    return x.astype(np.float32)
+
+
+@DATASETS.register("npz")
+class Npz(DatasetSpec):
+    """Arrays from a .npz file: keys x, y (split here) or x_train, y_train, x_test, y_test.
+
+    Inputs may have any shape ``(N, ...)``. task=auto: integer-valued labels mean classification.
+    """
+
+    path: str
+    task: Literal["auto", "classification", "regression"] = "auto"
+
+    def load(self) -> RawData:
+        owner = f"npz dataset {self.path!r}"
+        with np.load(_existing(self.path, "npz"), allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        found = sorted(arrays)
+        if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+            keys = ("x_train", "y_train", "x_test", "y_test")
+        elif {"x", "y"} <= arrays.keys():
+            keys = ("x", "y")
+        else:
+            raise ValueError(f"The {owner} must hold arrays 'x' and 'y', or 'x_train', 'y_train', 'x_test' and "
+                             f"'y_test'. Got keys {found} instead.")
+        xs = [_inputs(arrays[k], owner, k) for k in keys[::2]]
+        ys = [arrays[k] for k in keys[1::2]]
+        for x, y, kx, ky in zip(xs, ys, keys[::2], keys[1::2]):
+            if len(x) != len(y):
+                raise ValueError(f"The arrays {kx!r} and {ky!r} of {owner} must have the same number of samples. "
+                                 f"Got {len(x)} and {len(y)} instead.")
+        if len(xs) == 2 and xs[0].shape[1:] != xs[1].shape[1:]:
+            raise ValueError(f"The arrays 'x_train' and 'x_test' of {owner} must have the same sample shape. "
+                             f"Got {xs[0].shape[1:]} and {xs[1].shape[1:]} instead.")
+        y_all, task, num_classes, names = _targets(np.concatenate(ys), self.task, owner)
+        n = len(ys[0])
+        if len(xs) == 2:
+            return RawData(xs[0], y_all[:n], xs[1], y_all[n:], task, num_classes, class_names=names)
+        return RawData(xs[0], y_all, None, None, task, num_classes, class_names=names)
+
+
+def _is_number(text: str) -> bool:
+    """A finite number: 'nan', 'inf' and empty cells are not (they would poison every gradient)."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+@DATASETS.register("csv")
+class Csv(DatasetSpec):
+    """A table from a CSV file: numeric feature columns and one target column (default: the last).
+
+    The header is detected: the first row is one when it holds text above a numeric column. ``target`` is a column
+    name (needs a header) or a 0-based index (negative counts from the end). task=auto: integer-valued or text
+    labels mean classification; text labels map to classes in sorted order.
+    """
+
+    path: str
+    target: str | int = -1
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    task: Literal["auto", "classification", "regression"] = "auto"
+
+    def load(self) -> RawData:
+        owner = f"csv dataset {self.path!r}"
+        with open(_existing(self.path, "csv"), newline="") as f:
+            rows = [r for r in csv.reader(f, delimiter=self.delimiter) if r]
+        if not rows:
+            raise ValueError(f"The {owner} must hold at least one row of data. Got an empty file instead.")
+        width = len(rows[0])
+        # A header row has text above a numeric column; a text label column alone does not make one.
+        has_header = any(not _is_number(rows[0][j]) and all(_is_number(r[j]) for r in rows[1:] if len(r) == width)
+                         for j in range(width))
+        header = [c.strip() for c in rows[0]] if has_header else None
+        body = rows[1:] if header is not None else rows
+        if not body:
+            raise ValueError(f"The {owner} must hold at least one row of data below its header. Got none instead.")
+        for i, r in enumerate(body):
+            if len(r) != width:
+                raise ValueError(f"Every row of {owner} must have {width} cells. "
+                                 f"Got {len(r)} in data row {i + 1} instead.")
+        names = header or [str(i) for i in range(width)]
+        target = self._target_index(header, width, owner)
+        table = np.array(body, dtype=str)
+        features = [j for j in range(width) if j != target]
+        for j in features:
+            bad = [c for c in table[:, j] if not _is_number(c)]
+            if bad:
+                raise ValueError(f"The feature column {names[j]!r} of {owner} must be numeric. "
+                                 f"Got {str(bad[0])!r} instead; drop or encode that column first.")
+        x = table[:, features].astype(np.float64).astype(np.float32)
+        column = table[:, target]
+        raw_y = column.astype(np.float64) if all(_is_number(c) for c in column) else np.char.strip(column)
+        y, task, num_classes, class_names = _targets(raw_y, self.task, owner)
+        return RawData(x, y, None, None, task, num_classes, feature_names=[names[j] for j in features],
+                       class_names=class_names)
+
+    def _target_index(self, header: list[str] | None, width: int, owner: str) -> int:
+        if isinstance(self.target, int):
+            if not -width <= self.target < width:
+                raise ValueError(f"The 'target' parameter of Csv must be a column index in [{-width}, {width}) for "
+                                 f"{owner}. Got {self.target} instead.")
+            return self.target % width
+        if header is None:
+            raise ValueError(f"The 'target' parameter of Csv names column {self.target!r}, but {owner} has no "
+                             f"header row; give the column's index instead.")
+        if self.target not in header:
+            raise ValueError(f"The 'target' parameter of Csv must name a column of {owner}: one of {header}. "
+                             f"Got {self.target!r} instead.")
+        return header.index(self.target)
+
+
+# --- preprocessing --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted per-feature affine map ``x -> x * scale + offset`` (statistics over the sample axis)."""
+
+    scale: np.ndarray
+    offset: np.ndarray
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x * self.scale + self.offset).astype(np.float32)
+
+
+class Preprocessor(Component):
+    """Base of preprocessors: ``fit(x_train) -> Fitted``, then ``fitted.transform(x)`` for every split."""
+
+    def fit(self, x: np.ndarray) -> Fitted:
+        raise NotImplementedError
+
+
+PREPROCESSORS: Registry[Preprocessor] = Registry("preprocessor", Preprocessor)
+
+
+@PREPROCESSORS.register("none")
+class NoPreprocessing(Preprocessor):
+    """Inputs as the dataset gives them: x' = x."""
+
+    def fit(self, x: np.ndarray) -> Fitted:
+        return Fitted(np.ones(x.shape[1:]), np.zeros(x.shape[1:]))
+
+
+@PREPROCESSORS.register("standardize")
+class Standardize(Preprocessor):
+    """Per-feature z-score: x' = (x - mean) / std with training-split statistics; constant features keep std 1.
+
+    Zero-mean, equal-variance inputs make the loss surface better conditioned, so gradient descent converges
+    faster: LeCun, Bottou, Orr & Mueller, "Efficient BackProp", 1998, section 4.3.
+    """
+
+    def fit(self, x: np.ndarray) -> Fitted:
+        x = x.astype(np.float64)
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        return Fitted(1.0 / std, -mean / std)
+
+
+@PREPROCESSORS.register("minmax")
+class MinMax(Preprocessor):
+    """Per-feature rescaling of the training range to [low, high]: x' = low + (x - min) (high - low) / (max - min).
+
+    Constant features map to low. Values outside the training range (val/test) land outside [low, high].
+    """
+
+    low: float = 0.0
+    high: float = 1.0
+
+    @model_validator(mode="after")
+    def _check_range(self) -> MinMax:
+        if not self.high > self.low:
+            raise ValueError(f"The 'high' parameter of MinMax must be greater than 'low' ({self.low}). "
+                             f"Got {self.high} instead.")
+        return self
+
+    def fit(self, x: np.ndarray) -> Fitted:
+        x = x.astype(np.float64)
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        scale = (self.high - self.low) / span
+        return Fitted(scale, self.low - lo * scale)
+
+
+# --- configuration, splits and batches ------------------------------------------------------------------------------
+
+class DataConfig(BaseModel):
+    """Which data, how it is split, preprocessed, augmented and batched."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: DATASETS.field() = Mnist1d()
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training split held out for validation")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="share held out for test when the set has no test "
+                                                                "split of its own")
+    split_seed: int = 0
+    train_size: int | None = Field(None, ge=1, description="keep only this many training samples (stratified), "
+                                                             "for small-data studies")
+    preprocess: PREPROCESSORS.field() = Standardize()
+    fit_on: Literal["train", "all"] = Field(
+        "train", description="'all' fits the preprocessor on train+val+test: a deliberate leak, only to demonstrate "
+                             "why statistics must come from the training split")
+    augment: list[AUGMENTATIONS.field()] = []
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+
+
+def _split(x: np.ndarray, y: np.ndarray, held_out: float | int, stratify: bool, seed: int, what: str):
+    """(x_keep, x_out, y_keep, y_out); ``held_out`` is a fraction or a count of samples for the second part."""
+    if held_out == 0:
+        return x, x[:0], y, y[:0]
+    try:
+        return train_test_split(x, y, test_size=held_out, stratify=y if stratify else None, random_state=seed)
+    except ValueError as e:
+        raise ValueError(f"Cannot carve {what} from {len(y)} samples: {e}") from None
+
+
+@dataclass
+class Data:
+    """Float32 tensors of the three splits, ready for training; labels int64 (classification) or float32 (N, k)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    task: Task
+    num_classes: int | None
+    augment: list[Augmentation] = dataclasses.field(default_factory=list)
+    feature_names: list[str] | None = None
+    class_names: list[str] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, without the batch axis."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_outputs(self) -> int:
+        """Outputs the model needs: the number of classes, or the target dimension."""
+        return self.num_classes if self.task == "classification" else self.y_train.shape[1]
+
+    def to(self, device: torch.device | str) -> Data:
+        moved = {f: getattr(self, f).to(device) for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+        return dataclasses.replace(self, **moved)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Batches ``train_batches`` yields: a final batch of one sample is dropped (when batch_size > 1)."""
+        n = len(self.x_train)
+        return math.ceil(n / batch_size) - (batch_size > 1 and n % batch_size == 1)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of shuffled, augmented training batches; the generator fixes the order and the augmentations.
+
+        The permutation is drawn on the generator's device and moved to the data's. A final batch of a single
+        sample is dropped because batch norm cannot compute a variance from one sample.
+        """
+        order = torch.randperm(len(self.x_train), generator=generator, device=generator.device)
+        order = order.to(self.x_train.device)
+        for step in range(self.steps_per_epoch(batch_size)):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            x = self.x_train[index]
+            for augmentation in self.augment:
+                x = augmentation(x, generator)
+            yield x, self.y_train[index]
+
+    def eval_batches(self, split: Literal["train", "val", "test"], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The samples of one split in order, unaugmented, in batches of ``batch_size`` (the last may be smaller)."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"The 'split' argument must be 'train', 'val' or 'test'. Got {split!r} instead.")
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        for start in range(0, len(x), batch_size):
+            yield x[start:start + batch_size], y[start:start + batch_size]
+
+    def __repr__(self) -> str:
+        sizes = f"train={len(self.x_train)}, val={len(self.x_val)}, test={len(self.x_test)}"
+        return (f"Data({self.task}, input_shape={self.input_shape}, num_outputs={self.num_outputs}, {sizes}, "
+                f"device={self.x_train.device})")
+
+
+def load_data(cfg: DataConfig) -> Data:
+    """Load, split (stratified for classification), subsample, preprocess and convert to tensors."""
+    raw = cfg.dataset.load()
+    stratify = raw.task == "classification"
+    x, y = raw.x_train, raw.y_train
+    if raw.x_test is None:
+        x, x_test, y, y_test = _split(x, y, cfg.test_fraction, stratify, cfg.split_seed,
+                                      f"a test split of test_fraction={cfg.test_fraction}")
+    else:
+        x_test, y_test = raw.x_test, raw.y_test
+    x_train, x_val, y_train, y_val = _split(x, y, cfg.val_fraction, stratify, cfg.split_seed,
+                                            f"a validation split of val_fraction={cfg.val_fraction}")
+    if cfg.train_size is not None:
+        if cfg.train_size > len(x_train):
+            raise ConfigError(f"The 'train_size' parameter of DataConfig must be at most the {len(x_train)} training "
+                              f"samples left after the validation/test splits. Got {cfg.train_size} instead.")
+        if cfg.train_size < len(x_train):
+            x_train, _, y_train, _ = _split(x_train, y_train, len(x_train) - cfg.train_size, stratify,
+                                            cfg.split_seed, f"a training subset of train_size={cfg.train_size}")
+    fit_x = x_train if cfg.fit_on == "train" else np.concatenate([x_train, x_val, x_test])
+    fitted = cfg.preprocess.fit(fit_x)
+
+    def inputs(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(fitted.transform(a))
+
+    def labels(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a.astype(np.int64 if stratify else np.float32))
+
+    return Data(inputs(x_train), labels(y_train), inputs(x_val), labels(y_val), inputs(x_test), labels(y_test),
+                raw.task, raw.num_classes, list(cfg.augment), raw.feature_names, raw.class_names)

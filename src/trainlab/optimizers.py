@@ -1,0 +1,221 @@
+"""Optimizer specs: validated hyperparameters that build ``torch.optim`` optimizers, sorted simple to complex.
+
+``spec.build(model)`` puts the model's trainable parameters in at most two groups: weights (ndim >= 2) take the
+spec's ``weight_decay``; biases and norm scales (ndim <= 1) take none unless ``decay_all`` is set, as timm does.
+The group ``lr`` is the spec's ``lr``: a schedule (``trainlab.schedules``) multiplies it step by step.
+
+In the update rules below, g is the gradient, θ the parameters, η the learning rate and λ the weight decay.
+"Coupled" decay adds λθ to g before the update (L2 regularization); "decoupled" decay shrinks θ by ηλθ apart
+from the gradient step.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from trainlab.registry import Component, Registry
+
+# torch >= 2.7 folds AdamW into Adam as ``decoupled_weight_decay``; older versions only have AdamW (same update).
+_ADAM_HAS_DECOUPLED = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters
+
+# Devices on which torch has a fused (one kernel for all parameters) implementation, by optimizer class; checked
+# on torch 2.11 CUDA and 2.13 CPU (fused Adagrad raises on CUDA).
+_FUSED_DEVICES: dict[type[torch.optim.Optimizer], frozenset[str]] = {
+    torch.optim.SGD: frozenset({"cpu", "cuda"}),
+    torch.optim.Adagrad: frozenset({"cpu"}),
+    torch.optim.Adam: frozenset({"cpu", "cuda"}),
+    torch.optim.AdamW: frozenset({"cpu", "cuda"}),
+}
+_FOREACH_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict[str, Any]]:
+    """The trainable parameters of ``model`` as torch param groups.
+
+    One group when ``weight_decay`` is 0 or ``decay_all`` is set; otherwise a group of the parameters with
+    ndim >= 2 (weights, decayed) and a group of those with ndim <= 1 (biases, norm scales) with weight_decay 0.
+    Empty groups are left out. Frozen parameters (``requires_grad=False``) are not optimized.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"The model has no trainable parameters (none with requires_grad=True): "
+                         f"{type(model).__name__} with {sum(1 for _ in model.parameters())} parameters.")
+    if weight_decay == 0 or decay_all:
+        return [{"params": params}]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def implementation(optimizer_class: type[torch.optim.Optimizer], params: list[torch.Tensor]) -> dict[str, bool]:
+    """The fastest implementation torch offers for these parameters: ``fused``, else ``foreach``, else torch's.
+
+    Fused kernels need floating point parameters on a device that has one (CPU and CUDA for SGD, Adam and AdamW;
+    CPU only for Adagrad); foreach kernels run on CPU and CUDA (on CPU they save Python overhead too).
+    """
+    devices = {p.device.type for p in params}
+    if devices <= _FUSED_DEVICES.get(optimizer_class, frozenset()) and all(p.is_floating_point() for p in params):
+        return {"fused": True}
+    if devices <= _FOREACH_DEVICES:
+        return {"foreach": True}
+    return {}
+
+
+class OptimizerSpec(Component):
+    """Base of optimizer specs: ``build(model)`` returns a torch.optim optimizer over the model's parameters."""
+
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    decay_all: bool = False
+
+    @abc.abstractmethod
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        """The torch optimizer class and its keyword arguments (all but the parameters and implementation)."""
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(self).__name__}.build expects a torch.nn.Module. "
+                            f"Got {type(model).__name__} instead.")
+        cls, kwargs = self.torch_optimizer()
+        groups = param_groups(model, self.weight_decay, self.decay_all)
+        params = [p for g in groups for p in g["params"]]
+        return cls(groups, **kwargs, **implementation(cls, params))
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", OptimizerSpec)
+
+
+@OPTIMIZERS.register("sgd")
+class SGD(OptimizerSpec):
+    """Plain stochastic gradient descent: θ ← θ − η(g + λθ).
+
+    Robbins & Monro, "A stochastic approximation method", 1951.
+    """
+
+    lr: float = Field(0.01, gt=0)
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return torch.optim.SGD, {"lr": self.lr, "weight_decay": self.weight_decay}
+
+
+@OPTIMIZERS.register("momentum")
+class Momentum(OptimizerSpec):
+    """SGD with heavy-ball momentum: v ← μv + (1 − τ)(g + λθ); θ ← θ − ηv.
+
+    μ is ``momentum``, τ is ``dampening``. Polyak, "Some methods of speeding up the convergence of iteration
+    methods", 1964; Sutskever et al., "On the importance of initialization and momentum in deep learning", 2013.
+    """
+
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    dampening: float = Field(0.0, ge=0, le=1)
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return torch.optim.SGD, {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
+                                 "weight_decay": self.weight_decay}
+
+
+@OPTIMIZERS.register("nesterov")
+class Nesterov(OptimizerSpec):
+    """SGD with Nesterov momentum: v ← μv + (g + λθ); θ ← θ − η(g + λθ + μv) (the gradient at the look-ahead).
+
+    Nesterov, "A method for solving the convex programming problem with convergence rate O(1/k²)", 1983;
+    Sutskever et al., "On the importance of initialization and momentum in deep learning", 2013.
+    """
+
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, gt=0, lt=1)
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return torch.optim.SGD, {"lr": self.lr, "momentum": self.momentum, "nesterov": True,
+                                 "weight_decay": self.weight_decay}
+
+
+@OPTIMIZERS.register("adagrad")
+class Adagrad(OptimizerSpec):
+    """AdaGrad, per-parameter rates from all past squared gradients: G ← G + g²; θ ← θ − ηg / (√G + ε).
+
+    g includes λθ. The effective rate only shrinks. Duchi, Hazan & Singer, "Adaptive subgradient methods for
+    online learning and stochastic optimization", JMLR 2011.
+    """
+
+    lr: float = Field(0.01, gt=0)
+    eps: float = Field(1e-10, gt=0)
+    initial_accumulator_value: float = Field(0.0, ge=0)
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return torch.optim.Adagrad, {"lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay,
+                                     "initial_accumulator_value": self.initial_accumulator_value}
+
+
+@OPTIMIZERS.register("rmsprop")
+class RMSprop(OptimizerSpec):
+    """RMSProp, rates from a moving average of squared gradients: v ← αv + (1 − α)g²; θ ← θ − ηg / (√v + ε).
+
+    g includes λθ; with ``momentum`` μ > 0: b ← μb + g / (√v + ε); θ ← θ − ηb. Hinton, Srivastava & Swersky,
+    "Neural networks for machine learning", lecture 6e, 2012.
+    """
+
+    lr: float = Field(1e-3, gt=0)
+    alpha: float = Field(0.99, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return torch.optim.RMSprop, {"lr": self.lr, "alpha": self.alpha, "eps": self.eps,
+                                     "momentum": self.momentum, "weight_decay": self.weight_decay}
+
+
+class _AdamBase(OptimizerSpec):
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"The 'betas' parameter of {cls.name} must be two floats in [0, 1). "
+                             f"Got {betas!r} instead.")
+        return betas
+
+
+@OPTIMIZERS.register("adam")
+class Adam(_AdamBase):
+    """Adam, RMSProp with momentum and bias correction: θ ← θ − η m̂ / (√v̂ + ε).
+
+    m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g², m̂ = m / (1 − β₁ᵗ), v̂ = v / (1 − β₂ᵗ). Weight decay is coupled
+    (g includes λθ) unless ``decoupled``, which makes this AdamW. Kingma & Ba, "Adam: a method for stochastic
+    optimization", ICLR 2015.
+    """
+
+    decoupled: bool = False
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        kwargs = {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
+        if not self.decoupled:
+            return torch.optim.Adam, kwargs
+        if _ADAM_HAS_DECOUPLED:
+            return torch.optim.Adam, {**kwargs, "decoupled_weight_decay": True}
+        return torch.optim.AdamW, kwargs
+
+
+@OPTIMIZERS.register("adamw")
+class AdamW(_AdamBase):
+    """Adam with decoupled weight decay: θ ← θ(1 − ηλ) − η m̂ / (√v̂ + ε) (m̂, v̂ as in Adam, g without λθ).
+
+    Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
+    """
+
+    weight_decay: float = Field(0.01, ge=0)
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return torch.optim.AdamW, {"lr": self.lr, "betas": self.betas, "eps": self.eps,
+                                   "weight_decay": self.weight_decay}

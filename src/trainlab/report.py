@@ -1,0 +1,261 @@
+"""Figures (matplotlib, Agg) and the self-contained HTML report of a study directory.
+
+A study directory holds ``outcomes/<study>.json`` (what ``StudyOutcome.to_dict`` wrote), the figures as PNG files, and
+the rendered pages: ``index.html`` (every claim with its verdict) and ``<study>.html`` (one page per study). Pages embed
+their images as base64 PNG and carry their CSS inline, so one file opens from disk anywhere; every string that comes
+from a study or a user goes through ``html.escape``. ``render_report(out_dir)`` rebuilds every page from the stored
+outcomes alone, so re-rendering never retrains.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+import numpy as np  # noqa: E402
+from scipy import stats as sps  # noqa: E402
+
+if TYPE_CHECKING:
+    from trainlab.studies.base import StudyOutcome
+
+OUTCOMES_DIR = "outcomes"
+VERDICT_COLORS = {"supported": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#7d6608"}
+
+
+# ----------------------------------------------------------------------------------------------------------- figures
+def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and Student-t ``confidence`` interval over the rows of ``values`` (seeds x points), NaN = missing.
+
+    Points seen by fewer than two seeds get a zero-width band (there is no spread to estimate).
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be a 2-D array (seeds x points). Got shape {values.shape} instead.")
+    n = np.sum(~np.isnan(values), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(values, axis=0) if values.size else np.zeros(values.shape[1])
+        sd = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1])
+        half = sps.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
+    half = np.where(n >= 2, np.nan_to_num(half), 0.0)
+    return mean, mean - half, mean + half
+
+
+def stack_ragged(series: Sequence[Sequence[float]]) -> np.ndarray:
+    """Rows of different lengths (runs stopped early) as one NaN-padded array."""
+    width = max((len(s) for s in series), default=0)
+    out = np.full((len(series), width), np.nan)
+    for i, s in enumerate(series):
+        out[i, : len(s)] = np.asarray(s, dtype=float)
+    return out
+
+
+def curves_figure(curves: Mapping[str, Sequence[Sequence[float]]], *, title: str, xlabel: str, ylabel: str,
+                  x: Sequence[float] | None = None, logy: bool = False, ax: Any = None) -> Any:
+    """One line per label: the mean over seeds with its 95% band. ``curves[label]`` is seeds x points (ragged ok)."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, runs in curves.items():
+        values = stack_ragged(runs)
+        mean, low, high = mean_band(values)
+        xs = np.arange(1, values.shape[1] + 1) if x is None else np.asarray(x, dtype=float)[: values.shape[1]]
+        (line,) = ax.plot(xs, mean, label=label, lw=1.6)
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig if fig is not None else ax.figure
+
+
+def bars_figure(groups: Mapping[str, Sequence[float]], *, title: str, ylabel: str, logy: bool = False) -> Any:
+    """One bar per label: the mean over seeds with its 95% Student-t interval as an error bar."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(groups) + 2), 4.0))
+    labels = list(groups)
+    means, errs = [], [[], []]
+    for label in labels:
+        mean, low, high = (float(v[0]) for v in mean_band(np.asarray(groups[label], dtype=float)[:, None]))
+        means.append(mean)
+        errs[0].append(mean - low)
+        errs[1].append(high - mean)
+    ax.bar(range(len(labels)), means, yerr=errs, capsize=4, color="#4c72b0", alpha=0.85)
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4
+                  else "center")
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG (parents created) and close it; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- outcomes
+def save_outcome(outcome: StudyOutcome, out_dir: Path) -> Path:
+    """Store an outcome as JSON under ``out_dir/outcomes``; figure paths are kept relative to ``out_dir``."""
+    path = Path(out_dir) / OUTCOMES_DIR / f"{outcome.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(outcome.to_dict(), indent=1, default=_json_default))
+    return path
+
+
+def load_outcomes(out_dir: Path) -> list[StudyOutcome]:
+    """Every stored outcome in ``out_dir``, in the order the studies were registered (unknown names last)."""
+    # Imported here: the studies import this module for their figures.
+    from trainlab.studies import STUDIES
+    from trainlab.studies.base import StudyOutcome
+
+    folder = Path(out_dir) / OUTCOMES_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No study outcomes in {str(out_dir)!r}: expected a folder {str(folder)!r}. "
+                                f"Run `trainlab study NAME --out {out_dir}` first.")
+    outcomes = [StudyOutcome.from_dict(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    order = {name: i for i, name in enumerate(STUDIES)}
+    return sorted(outcomes, key=lambda o: (order.get(o.name, len(order)), o.name))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Cannot store {type(value).__name__} {value!r} in a study outcome.")
+
+
+# -------------------------------------------------------------------------------------------------------------- HTML
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328;background:#fff;
+line-height:1.5}
+main{max-width:980px;margin:0 auto;padding:1.2rem 1.4rem 3rem}
+h1{font-size:1.6rem;margin:.4rem 0}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
+a{color:#0969da}.muted{color:#57606a;font-size:.9rem}
+.badge{display:inline-block;padding:.05rem .55rem;border-radius:1rem;color:#fff;font-size:.8rem;font-weight:600;
+text-transform:uppercase;letter-spacing:.03em;white-space:nowrap}
+.claim{border:1px solid #d0d7de;border-radius:6px;padding:.7rem .9rem;margin:.7rem 0}
+.claim p{margin:.3rem 0}.numbers{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem;color:#57606a;
+overflow-wrap:anywhere}
+figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figcaption{color:#57606a;font-size:.9rem}
+.table-wrap{overflow-x:auto}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
+th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:right}th{background:#f6f8fa}
+td:first-child,th:first-child{text-align:left}
+nav{font-size:.9rem}
+"""
+
+
+def esc(value: Any) -> str:
+    """Any value as escaped HTML text (quotes included, so it is safe in attributes too)."""
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any) -> str:
+    """Numbers with 4 significant digits; other values as text."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(value)
+
+
+def badge(verdict: str) -> str:
+    color = VERDICT_COLORS.get(verdict, "#57606a")
+    return f'<span class="badge" style="background:{color}">{esc(verdict)}</span>'
+
+
+def _page(title: str, body: str) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{body}</main></body></html>\n")
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{esc(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table(title: str, header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    caption = f"<h3>{esc(title)}</h3>" if title else ""
+    return f'{caption}<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _claim_block(claim: Any) -> str:
+    numbers = ", ".join(f"{esc(k)} = {esc(fmt(v))}" for k, v in claim.numbers.items())
+    return (f'<div class="claim" id="{esc(claim.key)}"><p>{badge(claim.verdict)} <strong>{esc(claim.text)}</strong></p>'
+            f"<p>{esc(claim.evidence)}</p>" + (f'<p class="numbers">{numbers}</p>' if numbers else "") + "</div>")
+
+
+def study_page(outcome: StudyOutcome, out_dir: Path) -> str:
+    """The HTML of one study's page."""
+    meta = (f"{esc(outcome.mode)} budget &middot; seeds {esc(', '.join(map(str, outcome.seeds)))} &middot; "
+            f"{esc(fmt(outcome.runtime_s))} s")
+    parts = [f'<nav><a href="index.html">&larr; all studies</a></nav><h1>{esc(outcome.title)}</h1>',
+             f'<p class="muted">{meta}</p><p>{esc(outcome.question)}</p>', "<h2>Claims</h2>"]
+    parts += [_claim_block(c) for c in outcome.claims]
+    if outcome.figures:
+        parts.append("<h2>Figures</h2>")
+        for fig in outcome.figures:
+            parts.append(f"<figure>{_image(Path(out_dir) / fig.path)}<figcaption>{esc(fig.caption)}</figcaption>"
+                         "</figure>")
+    if outcome.tables:
+        parts.append("<h2>Results</h2>")
+        parts += [_table(t.title, t.header, t.rows) for t in outcome.tables]
+    return _page(f"trainlab study: {outcome.title}", "".join(parts))
+
+
+def index_page(outcomes: Sequence[StudyOutcome]) -> str:
+    """The HTML of the index: every claim of every study with its verdict, linking the study pages."""
+    counts = {v: sum(c.verdict == v for o in outcomes for c in o.claims) for v in VERDICT_COLORS}
+    summary = " &middot; ".join(f"{badge(v)} {n}" for v, n in counts.items())
+    parts = ["<h1>trainlab studies</h1>",
+             "<p>Each claim of the notes, put to the test over several seeds: the verdict comes from the measured "
+             "numbers (mean, 95% interval, a significance test and a minimum effect).</p>", f"<p>{summary}</p>"]
+    for o in outcomes:
+        page = f"{o.name}.html"
+        parts.append(f'<h2><a href="{esc(page)}">{esc(o.title)}</a></h2><p class="muted">{esc(o.question)} '
+                     f"({esc(o.mode)}, {len(o.seeds)} seeds)</p>")
+        rows = "".join(f'<tr><td>{badge(c.verdict)}</td><td><a href="{esc(page)}#{esc(c.key)}">{esc(c.text)}</a>'
+                       f"</td><td>{esc(c.evidence)}</td></tr>" for c in o.claims)
+        parts.append('<div class="table-wrap"><table><thead><tr><th>verdict</th><th>claim</th><th>evidence</th></tr>'
+                     f'</thead><tbody>{rows}</tbody></table></div>')
+    return _page("trainlab studies", "".join(parts))
+
+
+def write_report(outcomes: Sequence[StudyOutcome], out_dir: Path) -> Path:
+    """Write ``index.html`` and one page per outcome into ``out_dir``; returns the index path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for outcome in outcomes:
+        (out_dir / f"{outcome.name}.html").write_text(study_page(outcome, out_dir), encoding="utf-8")
+    index = out_dir / "index.html"
+    index.write_text(index_page(outcomes), encoding="utf-8")
+    return index
+
+
+def render_report(out_dir: str | Path) -> Path:
+    """Re-render every page of a study directory from its stored outcomes (no training); returns the index path."""
+    return write_report(load_outcomes(Path(out_dir)), Path(out_dir))

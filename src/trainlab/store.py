@@ -1,0 +1,165 @@
+"""Run directories and the store of runs keyed by the hash of their resolved config.
+
+A run directory holds ``config.yaml`` (the resolved config), ``meta.json`` (seed, versions, threads, device),
+``history.csv`` (per-epoch metrics), ``checkpoint.pt`` (full training state, for resume) and, once finished,
+``summary.json`` (final metrics, extras and the history). A run without ``summary.json`` is unfinished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from trainlab.callbacks import Callback, Checkpoint, History, Progress
+from trainlab.checkpoints import atomic_write_text, load_checkpoint
+from trainlab.config import RunConfig, load_config
+from trainlab.registry import ConfigError
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its resolved config, per-epoch history, final metrics and extras."""
+
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+    model: nn.Module | None = None
+
+    def metric(self, key: str) -> list[float]:
+        """One metric's per-epoch values."""
+        return [row[key] for row in self.history if key in row]
+
+    def load_model(self) -> nn.Module:
+        """The trained model rebuilt from the config and the run's checkpoint."""
+        if self.model is not None:
+            return self.model
+        if self.run_dir is None:
+            raise ValueError("This run was not stored (no run directory), so its model cannot be reloaded.")
+        return load_model(self.run_dir)
+
+
+def config_hash(config: RunConfig) -> str:
+    """A short, stable hash of the resolved config: the key of a run in a store."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_metadata(config: RunConfig) -> dict[str, Any]:
+    import numpy
+
+    import trainlab
+
+    return {"seed": config.seed, "config_hash": config_hash(config), "trainlab": trainlab.__version__,
+            "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "device": config.device}
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=float)
+
+
+def train(config: RunConfig | dict | str | Path, out_dir: str | Path | None = None, *,
+          callbacks: Sequence[Callback] = (), progress: bool = False, resume: bool = False,
+          keep_model: bool = False, model: nn.Module | None = None, description: str = "train") -> RunResult:
+    """Train one run; with ``out_dir``, write its run directory as it goes (checkpoint every epoch).
+
+    ``resume`` continues from ``out_dir/checkpoint.pt`` exactly where it stopped (same config required).
+    """
+    from trainlab.trainer import build_trainer
+
+    config = load_config(config)
+    resolved = config.model_dump(mode="json")
+    run_callbacks = list(callbacks)
+    if progress:
+        run_callbacks.append(Progress(description))
+    out = Path(out_dir) if out_dir is not None else None
+    checkpoint_state = None
+    if out is not None:
+        if resume:
+            checkpoint_state = _resumable(out, config)
+        elif (out / "checkpoint.pt").exists() or (out / "summary.json").exists():
+            raise ConfigError(f"{str(out)!r} already holds a run. Use --resume to continue it, or another --out.")
+        run_callbacks += [History(out / "history.csv"),
+                          Checkpoint(out / "checkpoint.pt", config.checkpoint_every_epochs,
+                                     extra={"config": resolved, "config_hash": config_hash(config)})]
+    trainer = build_trainer(config, run_callbacks, model=model)
+    if out is not None:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(out / "meta.json", _json(run_metadata(config)))
+    if checkpoint_state is not None:
+        trainer.load_state_dict(checkpoint_state["trainer"])
+    final = trainer.fit()
+    result = RunResult(resolved, trainer.history, final, trainer.extras, out, trainer.model if keep_model else None)
+    if out is not None:
+        atomic_write_text(out / "summary.json", _json({"final": final, "extras": trainer.extras,
+                                                       "history": trainer.history, **run_metadata(config)}))
+    return result
+
+
+def _resumable(out: Path, config: RunConfig) -> dict[str, Any]:
+    state = load_checkpoint(out / "checkpoint.pt")
+    if state.get("config_hash") != config_hash(config):
+        raise ConfigError(f"The checkpoint in {str(out)!r} was written by a different config "
+                          f"(hash {state.get('config_hash')}, this one {config_hash(config)}); resume needs the same.")
+    return state
+
+
+def load_result(run_dir: str | Path) -> RunResult:
+    """A finished run's result from its directory."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} holds no finished run (no summary.json).")
+    summary = json.loads(summary_path.read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return RunResult(config, summary["history"], summary["final"], summary.get("extras", {}), run_dir)
+
+
+def load_model(run_dir: str | Path) -> nn.Module:
+    """Rebuild a run's model from its config and load the weights of its checkpoint (weights only)."""
+    from trainlab.data import load_data
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    data = load_data(config.data)
+    model = config.model.build(data.input_shape, data.num_outputs)
+    model.load_state_dict(state["trainer"]["model"])
+    return model.eval()
+
+
+class Store:
+    """Runs under ``root/runs/<config hash>/``: a config that already ran is loaded, not trained again."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def run_dir(self, config: RunConfig) -> Path:
+        return self.root / "runs" / config_hash(config)
+
+    def has(self, config: RunConfig | dict) -> bool:
+        return (self.run_dir(load_config(config)) / "summary.json").is_file()
+
+    def run(self, config: RunConfig | dict, *, callbacks: Sequence[Callback] = (), progress: bool = False,
+            keep_model: bool = False, description: str = "train") -> RunResult:
+        """The stored result of ``config``, training it first if needed (resuming an interrupted run)."""
+        config = load_config(config)
+        out = self.run_dir(config)
+        if (out / "summary.json").is_file():
+            result = load_result(out)
+            if keep_model:
+                result.model = load_model(out)
+            return result
+        return train(config, out, callbacks=callbacks, progress=progress, keep_model=keep_model,
+                     resume=(out / "checkpoint.pt").is_file(), description=description)

@@ -1,0 +1,329 @@
+"""The study abstraction: a question, its budgets, the runs it measures, and claims turned into verdicts.
+
+A study subclasses ``Study`` and implements two methods:
+
+- ``measure(ctx) -> results``: trains its arms through ``ctx.train_arms`` (every run cached in the store by the hash
+  of its resolved config) and computes whatever else it needs through ``ctx.cached`` (forward-only experiments,
+  2-D optimizer paths), so a second run of the study trains and computes nothing;
+- ``present(results, ctx) -> (figures, tables)``.
+
+Its ``claims`` are sentences from the notes, each with a test ``results -> ClaimResult`` built on ``trainlab.stats``,
+so every verdict (supported, refuted, inconclusive) comes from the measured numbers. ``Study.run`` joins the three
+into a ``StudyOutcome``, which ``report.py`` renders and stores as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from trainlab.callbacks import Callback
+from trainlab.config import load_config
+from trainlab.stats import Evidence, Verdict
+from trainlab.store import RunResult, Store
+
+VERDICTS: tuple[Verdict, ...] = ("supported", "refuted", "inconclusive")
+Mode = Literal["smoke", "quick", "full"]
+MODES: tuple[str, ...] = ("smoke", "quick", "full")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a study spends: default number of seeds, epochs and training-set size of its trained runs.
+
+    Studies that need more knobs subclass it (a frozen dataclass with extra fields).
+    """
+
+    seeds: int
+    epochs: int
+    train_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """What a claim's test found: the verdict, one sentence of evidence, and the numbers behind it."""
+
+    verdict: Verdict
+    evidence: str
+    numbers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A sentence from the notes and the test that decides it from a study's results."""
+
+    key: str
+    text: str
+    test: Callable[[Any], ClaimResult]
+
+    def evaluate(self, results: Any) -> ClaimOutcome:
+        found = self.test(results)
+        if not isinstance(found, ClaimResult):
+            raise TypeError(f"The test of claim {self.key!r} must return a ClaimResult. "
+                            f"Got {type(found).__name__} instead.")
+        if found.verdict not in VERDICTS:
+            raise ValueError(f"The verdict of claim {self.key!r} must be one of {', '.join(VERDICTS)}. "
+                             f"Got {found.verdict!r} instead.")
+        numbers = {k: float(v) for k, v in found.numbers.items()}
+        return ClaimOutcome(self.key, self.text, found.verdict, found.evidence, numbers)
+
+
+@dataclass
+class ClaimOutcome:
+    """A claim with its verdict, as stored and reported."""
+
+    key: str
+    text: str
+    verdict: str
+    evidence: str
+    numbers: dict[str, float]
+
+
+@dataclass
+class FigureRef:
+    """A PNG written by a study; ``path`` is relative to the study directory."""
+
+    path: str
+    caption: str
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class StudyOutcome:
+    """Everything a study page shows; JSON round-trips through ``to_dict`` / ``from_dict``."""
+
+    name: str
+    title: str
+    question: str
+    mode: str
+    seeds: list[int]
+    claims: list[ClaimOutcome]
+    figures: list[FigureRef]
+    tables: list[Table]
+    runtime_s: float = 0.0
+    runs_trained: int = 0
+    runs_cached: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> StudyOutcome:
+        raw = dict(raw)
+        raw["claims"] = [ClaimOutcome(**c) for c in raw["claims"]]
+        raw["figures"] = [FigureRef(**f) for f in raw["figures"]]
+        raw["tables"] = [Table(**t) for t in raw["tables"]]
+        return cls(**raw)
+
+
+def params_hash(params: Any) -> str:
+    """A short stable hash of JSON-able parameters (dict keys sorted)."""
+    text = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StudyContext:
+    """What a study runs with: budget, seeds, data override, output folder, run store and progress display.
+
+    ``data`` replaces the base config's dataset in ``train_arms``: a dataset name (``"digits"``) or a mapping of
+    ``data`` fields (``{"dataset": {"name": "mnist1d", "num_samples": 2000}, "train_size": 500}``).
+    ``progress`` is a ``rich.progress.Progress`` (or ``None`` for silence).
+    """
+
+    study: str
+    mode: Mode
+    budget: Budget
+    seeds: list[int]
+    out: Path
+    store: Store
+    data: str | Mapping[str, Any] | None = None
+    progress: Any = None
+    runs_trained: int = 0
+    runs_cached: int = 0
+
+    @property
+    def quick(self) -> bool:
+        return self.mode != "full"
+
+    def figure(self, fig: Any, name: str, caption: str) -> FigureRef:
+        """Save a matplotlib figure as ``figures/<study>/<name>.png`` (closing it) and reference it."""
+        from trainlab.report import save_figure
+
+        relative = Path("figures") / self.study / f"{name}.png"
+        save_figure(fig, self.out / relative)
+        return FigureRef(relative.as_posix(), caption)
+
+    def data_overrides(self) -> dict[str, Any]:
+        """The dotted overrides that put ``self.data`` into a run config."""
+        if self.data is None:
+            return {}
+        if isinstance(self.data, str):
+            return {"data.dataset": self.data}
+        if isinstance(self.data, Mapping):
+            return {f"data.{k}": v for k, v in self.data.items()}
+        raise TypeError(f"The 'data' override must be a dataset name or a mapping of data fields. "
+                        f"Got {type(self.data).__name__} {self.data!r} instead.")
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[], None]]:
+        """A progress bar for ``total`` units of work; yields ``advance()``. The bar goes when the work is done."""
+        if self.progress is None:
+            yield lambda: None
+            return
+        task_id = self.progress.add_task(description, total=total)
+        try:
+            yield lambda: self.progress.advance(task_id)
+        finally:
+            self.progress.remove_task(task_id)
+
+    def train_arms(self, base: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
+                   seeds: Sequence[int] | None = None,
+                   callbacks_factory: Callable[[str, int], Sequence[Callback]] | None = None,
+                   use_data_override: bool = True) -> dict[str, list[RunResult]]:
+        """Train every arm (dotted overrides on ``base``) once per seed; ``{arm: [RunResult per seed]}``.
+
+        The run's ``seed`` is the seed; the budget's epochs and train size apply unless ``base`` or the arm sets
+        them. A run whose resolved config is already in the store is loaded, not trained, so what callbacks record
+        must go to ``trainer.extras`` (stored with the run) to survive the cache.
+        """
+        seeds = list(self.seeds if seeds is None else seeds)
+        budget = {"epochs": self.budget.epochs, "data.train_size": self.budget.train_size}
+        data = self.data_overrides() if use_data_override else {}
+        results: dict[str, list[RunResult]] = {}
+        for arm, overrides in arms.items():
+            results[arm] = []
+            with self.task(f"{self.study} · {arm}", len(seeds)) as advance:
+                for seed in seeds:
+                    config = load_config(dict(base), {**budget, **data, **dict(overrides), "seed": seed})
+                    cached = self.store.has(config)
+                    callbacks = list(callbacks_factory(arm, seed)) if callbacks_factory else []
+                    results[arm].append(self.store.run(config, callbacks=callbacks))
+                    if cached:
+                        self.runs_cached += 1
+                    else:
+                        self.runs_trained += 1
+                    advance()
+        return results
+
+    def cached(self, name: str, params: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]]
+               ) -> dict[str, Any]:
+        """``compute()`` once per (study, name, params); later calls load the stored result.
+
+        ``compute`` returns a mapping of names to numpy arrays (stored in an ``.npz``) or JSON values (stored in a
+        ``.json``); the files live in ``out/cache/<study>/<name>-<hash of params>``.
+        """
+        stem = self.out / "cache" / self.study / f"{name}-{params_hash(dict(params))}"
+        arrays_path, json_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        if json_path.exists():
+            values: dict[str, Any] = json.loads(json_path.read_text())
+            if arrays_path.exists():
+                with np.load(arrays_path) as npz:
+                    values.update({k: npz[k] for k in npz.files})
+            return values
+        values = dict(compute())
+        arrays = {k: np.asarray(v) for k, v in values.items() if isinstance(v, np.ndarray)}
+        plain = {k: v for k, v in values.items() if k not in arrays}
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        if arrays:
+            np.savez_compressed(arrays_path, **arrays)
+        # The JSON is written last: its presence marks a complete entry.
+        json_path.write_text(json.dumps(plain, default=_plain))
+        return values
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"A cached study result must hold numpy arrays or JSON values. Got {type(value).__name__}.")
+
+
+class Study(ABC):
+    """A question from the notes, answered by runs; subclasses set the class attributes and two methods."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    question: ClassVar[str]
+    order: ClassVar[int] = 100  # position in the report (the issue's study number)
+    smoke: ClassVar[Budget]  # the tests' end-to-end budget: seconds, seeds may be < 3
+    quick: ClassVar[Budget]  # >= 3 seeds
+    full: ClassVar[Budget]  # >= 5 seeds
+    claims: ClassVar[tuple[Claim, ...]] = ()
+
+    def budget(self, mode: Mode) -> Budget:
+        if mode not in MODES:
+            raise ValueError(f"The 'mode' of a study must be one of {', '.join(MODES)}. Got {mode!r} instead.")
+        return getattr(self, mode)
+
+    @abstractmethod
+    def measure(self, ctx: StudyContext) -> Any:
+        """Train and compute what the claims and figures need; everything expensive goes through ``ctx``."""
+
+    @abstractmethod
+    def present(self, results: Any, ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+        """The figures (saved with ``ctx.figure``) and result tables of the study page."""
+
+    def run(self, ctx: StudyContext) -> StudyOutcome:
+        start = time.perf_counter()
+        results = self.measure(ctx)
+        claims = [c.evaluate(results) for c in self.claims]
+        figures, tables = self.present(results, ctx)
+        return StudyOutcome(self.name, self.title, self.question, ctx.mode, list(ctx.seeds), claims, figures, tables,
+                            runtime_s=time.perf_counter() - start, runs_trained=ctx.runs_trained,
+                            runs_cached=ctx.runs_cached)
+
+
+def series(runs: Sequence[RunResult], key: str) -> list[list[float]]:
+    """Per-epoch values of ``key`` for each run (seeds x epochs, ragged when runs stopped early)."""
+    return [[float(row[key]) for row in r.history] for r in runs]
+
+
+def finals(runs: Sequence[RunResult], key: str) -> list[float]:
+    """One final value per run: from the summary if present, else the last epoch's value."""
+    return [float(r.final[key]) if key in r.final else float(r.history[-1][key]) for r in runs]
+
+
+def threshold_result(values: Sequence[float], op: Literal[">", "<"], threshold: float, what: str,
+                     min_n: int = 3) -> ClaimResult:
+    """The claim "mean of ``what`` is ``op`` ``threshold``" decided by ``stats.verdict_threshold`` (95% t interval)."""
+    ev = Evidence.threshold(what, values, op, threshold, min_n=min_n)
+    s = ev.summary
+    return ClaimResult(ev.verdict, f"{what}: {s.describe()}; {ev.reason}.",
+                       {f"{what} mean": s.mean, f"{what} ci_low": s.ci_low, f"{what} ci_high": s.ci_high, "n": s.n})
+
+
+def compare_result(a: Sequence[float], b: Sequence[float], direction: Literal["greater", "less"], what: str,
+                   names: tuple[str, str], paired: bool = True, min_effect: float = 0.0,
+                   min_n: int = 3) -> ClaimResult:
+    """The claim "``what`` of ``names[0]`` is ``direction`` than of ``names[1]``" by ``stats.verdict_compare``."""
+    ev = Evidence.compare(what, a, b, direction, paired, min_effect=min_effect, min_n=min_n)
+    c = ev.comparison
+    return ClaimResult(ev.verdict, f"{what}, {names[0]} vs {names[1]}: {c.describe()}; {ev.reason}.",
+                       {f"{names[0]} mean": c.a.mean, f"{names[1]} mean": c.b.mean, "diff": c.diff,
+                        "diff ci_low": c.ci_low, "diff ci_high": c.ci_high, "p": c.p, c.effect_name: c.effect})
+
+
+def joint(parts: Mapping[str, ClaimResult]) -> ClaimResult:
+    """A claim made of several parts: refuted if any part is, supported if all are, else inconclusive."""
+    verdicts = [p.verdict for p in parts.values()]
+    verdict: Verdict = ("refuted" if "refuted" in verdicts else
+                        "supported" if all(v == "supported" for v in verdicts) else "inconclusive")
+    evidence = " ".join(f"[{name}: {p.verdict}] {p.evidence}" for name, p in parts.items())
+    numbers = {f"{name}: {k}": v for name, p in parts.items() for k, v in p.numbers.items()}
+    return ClaimResult(verdict, evidence, numbers)

@@ -1,0 +1,279 @@
+"""Study 1: weight initialization against activation functions, as in the textbook figure, then in training.
+
+Forward-only part: a stack of ``layers`` dense layers of ``width`` units on standard-normal input (the textbook's
+5 layers of 100 units, deeper here so that trends show), for each activation (sigmoid, tanh, relu) and each init,
+recording every layer's activation histogram, std, saturated fraction and dead units with
+``diagnostics.probe_forward``. Training part: a deep ReLU MLP on MNIST-1D per init (loss curves).
+
+Definitions the claims use, fixed before measuring: a layer has *collapsed* when its std is below 5% of the
+activation's output range; *at the ends* means within 10% of the range of a bound (a uniform spread puts 20% there);
+*saturated* is the diagnostics' definition (within 2% of a bound, where sigmoid's slope is below 8% of its peak);
+activations are *kept* across depth when the last layer's std is within [0.5x, 2x] of the first layer's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import nn
+
+from trainlab.callbacks import Callback
+from trainlab.diagnostics import probe_forward
+from trainlab.models import MLP
+from trainlab.report import curves_figure
+from trainlab.studies import register_study
+from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
+                                   finals, joint, series, threshold_result)
+
+INITS: dict[str, Any] = {
+    "zeros": "zeros",
+    "normal_1": {"name": "normal", "std": 1.0},
+    "normal_0.01": {"name": "normal", "std": 0.01},
+    "xavier": "xavier_normal",
+    "he": "he_normal",
+    "he_notes": {"name": "variance_scaling", "scale": 4.0, "mode": "fan_in", "distribution": "normal"},
+}
+LABELS = {"zeros": "zeros", "normal_1": "N(0, 1)", "normal_0.01": "N(0, 0.01²)", "xavier": "Xavier",
+          "he": "He √(2/n)", "he_notes": "notes' He 2/√n"}
+ACTIVATIONS = ("sigmoid", "tanh", "relu")
+RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+COLLAPSED = 0.05  # std below this share of the output range
+ENDS = 0.1  # "at the ends": within this share of the output range of a bound
+KEPT = (0.5, 2.0)  # last-layer std / first-layer std
+FORWARD_VERSION = 1  # bump when the forward experiment changes, so cached results are recomputed
+
+
+@dataclass(frozen=True)
+class InitBudget(Budget):
+    layers: int = 10  # forward stack depth
+    width: int = 100
+    samples: int = 1000  # rows of standard-normal input
+    train_depth: int = 6  # hidden layers of the trained MLP
+
+
+def forward_stats(activation: str, init: str, seed: int, budget: InitBudget) -> dict[str, Any]:
+    """Per-layer statistics of one randomly initialized stack on N(0, 1) input (weights and input from ``seed``)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = MLP(depth=budget.layers, width=budget.width, activation=activation, init=INITS[init]).build(
+        (budget.width,), 1, generator)
+    x = torch.randn(budget.samples, budget.width, generator=generator)
+    layers = list(probe_forward(model, x).values())
+    ends = list(probe_forward(model, x, margin=ENDS).values())
+    nan = float("nan")
+    return {
+        "std": np.array([s.std for s in layers]),
+        "mean": np.array([s.mean for s in layers]),
+        "saturated": np.array([nan if s.saturated is None else s.saturated for s in layers]),
+        "ends": np.array([nan if s.saturated is None else s.saturated for s in ends]),
+        "dead": np.array([nan if s.dead_fraction is None else s.dead_fraction for s in layers]),
+        "hist": np.stack([s.hist for s in layers]),
+        "hist_range": np.array([s.hist_range for s in layers]),
+    }
+
+
+class SymmetryProbe(Callback):
+    """At the end of training, stores in ``extras``: the largest difference between two units' incoming weights
+    (``row_spread``, 0 when every unit of every hidden layer is identical) and the majority-class accuracy."""
+
+    def on_fit_end(self, trainer: Any) -> None:
+        linears = [m for m in trainer.model.modules() if isinstance(m, nn.Linear)]
+        # The output layer is left out: its rows are the classes, which differ from the first step on.
+        trainer.extras["row_spread"] = max(
+            (float((m.weight.detach() - m.weight.detach().mean(0, keepdim=True)).abs().max()) for m in linears[:-1]), default=0.0)
+        counts = torch.bincount(trainer.data.y_val.long())
+        trainer.extras["majority_acc"] = float(counts.max() / counts.sum())
+
+
+def _ratio(stats: dict[str, Any]) -> float:
+    return float(stats["std"][-1] / stats["std"][0]) if stats["std"][0] > 0 else float("nan")
+
+
+def claim_zeros(r: dict[str, Any]) -> ClaimResult:
+    runs = r["runs"]["zeros"]
+    gain = [x - run.extras["majority_acc"] for x, run in zip(finals(runs, "val_acc"), runs)]
+    return joint({
+        "units stay identical": threshold_result([run.extras["row_spread"] for run in runs], "<", 1e-6,
+                                                 "largest difference between two hidden units' weights"),
+        "nothing learned": threshold_result(gain, "<", 0.05, "validation accuracy above the majority class"),
+    })
+
+
+def claim_normal_sigmoid(r: dict[str, Any]) -> ClaimResult:
+    ends = [float(np.mean(s["ends"])) for s in r["forward"]["sigmoid"]["normal_1"]]
+    return threshold_result(ends, ">", 0.5, f"share of sigmoid activations within {ENDS} of 0 or 1 (all layers)")
+
+
+def claim_small_sigmoid(r: dict[str, Any]) -> ClaimResult:
+    stats = r["forward"]["sigmoid"]["normal_0.01"]
+    return joint({
+        "collapsed": threshold_result([float(np.max(s["std"])) for s in stats], "<", COLLAPSED,
+                                      "largest layer std of the sigmoid activations"),
+        "at 0.5": threshold_result([float(np.max(np.abs(s["mean"] - 0.5))) for s in stats], "<", 0.05,
+                                   "largest |layer mean - 0.5|"),
+    })
+
+
+def claim_xavier_bounded(r: dict[str, Any]) -> ClaimResult:
+    parts = {}
+    for act in ("sigmoid", "tanh"):
+        stats = r["forward"][act]["xavier"]
+        width = RANGES[act][1] - RANGES[act][0]
+        parts[f"{act} not saturated"] = threshold_result([float(np.mean(s["saturated"])) for s in stats], "<", 0.05,
+                                                         f"saturated share of {act} activations (all layers)")
+        parts[f"{act} not collapsed"] = threshold_result([float(s["std"][-1] / width) for s in stats], ">", COLLAPSED,
+                                                         f"last-layer {act} std / output range")
+    return joint(parts)
+
+
+def _kept(stats: list[dict[str, Any]], name: str) -> dict[str, ClaimResult]:
+    ratios = [_ratio(s) for s in stats]
+    what = f"last / first layer std of ReLU activations with {name}"
+    return {f"{name} above {KEPT[0]}x": threshold_result(ratios, ">", KEPT[0], what),
+            f"{name} below {KEPT[1]}x": threshold_result(ratios, "<", KEPT[1], what)}
+
+
+def claim_he_relu(r: dict[str, Any]) -> ClaimResult:
+    relu = r["forward"]["relu"]
+    xavier = [_ratio(s) for s in relu["xavier"]]
+    return joint({**_kept(relu["he"], "He"),
+                  "Xavier shrinks": threshold_result(xavier, "<", KEPT[0],
+                                                     "last / first layer std of ReLU activations with Xavier")})
+
+
+def claim_he_notes(r: dict[str, Any]) -> ClaimResult:
+    return joint(_kept(r["forward"]["relu"]["he_notes"], "std 2/√n"))
+
+
+def claim_he_trains(r: dict[str, Any]) -> ClaimResult:
+    runs = r["runs"]
+    return compare_result(finals(runs["he"], "val_loss"), finals(runs["xavier"], "val_loss"), "less",
+                          "final validation loss of the deep ReLU MLP", ("He", "Xavier"))
+
+
+CLAIMS = (
+    Claim("zeros", "Initializing every weight to zero keeps the units of a layer identical, so the network learns "
+                   "nothing.", claim_zeros),
+    Claim("normal_sigmoid", "With weights from N(0, 1), the activations of a deep sigmoid network pile up at 0 "
+                            "and 1.", claim_normal_sigmoid),
+    Claim("small_sigmoid", "With weights from N(0, 0.01²), the activations of a deep sigmoid network all collapse "
+                           "to 0.5.", claim_small_sigmoid),
+    Claim("xavier_bounded", "Xavier initialization keeps the activations of sigmoid and tanh networks spread "
+                            "(neither saturated nor collapsed) through every layer.", claim_xavier_bounded),
+    Claim("he_relu", "With ReLU, He initialization (std √(2/n)) keeps the activation std from layer to layer, "
+                     "while Xavier shrinks it layer by layer.", claim_he_relu),
+    Claim("he_notes", "He initialization as the notes write it, std 2/√n, keeps the activation std of a deep "
+                      "ReLU network from layer to layer.", claim_he_notes),
+    Claim("he_trains", "A deep ReLU network trains better from He initialization than from Xavier (lower "
+                       "validation loss).", claim_he_trains),
+)
+
+
+@register_study
+class InitActivations(Study):
+    name = "init_activations"
+    title = "Weight initialization and activations"
+    question = ("How does the weight initialization shape the activations of every layer of a deep network "
+                "(sigmoid, tanh, ReLU), and does it change what the network learns?")
+    order = 1
+    smoke = InitBudget(seeds=2, epochs=1, train_size=300, layers=6, samples=200, train_depth=3)
+    quick = InitBudget(seeds=3, epochs=8)
+    full = InitBudget(seeds=5, epochs=30)
+    claims = CLAIMS
+
+    def base_config(self, budget: InitBudget) -> dict[str, Any]:
+        return {"model": {"name": "mlp", "depth": budget.train_depth, "width": budget.width, "activation": "relu"},
+                "optimizer": {"name": "momentum", "lr": 0.01}, "threads": 1}
+
+    def measure(self, ctx: StudyContext) -> dict[str, Any]:
+        b: InitBudget = ctx.budget  # type: ignore[assignment]
+        forward: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        with ctx.task(f"{self.name} · forward", len(ACTIVATIONS) * len(INITS) * len(ctx.seeds)) as advance:
+            for act in ACTIVATIONS:
+                forward[act] = {}
+                for init in INITS:
+                    forward[act][init] = []
+                    for seed in ctx.seeds:
+                        params = {"activation": act, "init": INITS[init], "seed": seed, "layers": b.layers,
+                                  "width": b.width, "samples": b.samples, "version": FORWARD_VERSION}
+                        forward[act][init].append(
+                            ctx.cached("forward", params, lambda a=act, i=init, s=seed: forward_stats(a, i, s, b)))
+                        advance()
+        arms = {init: {"model.init": spec} for init, spec in INITS.items()}
+        runs = ctx.train_arms(self.base_config(b), arms, callbacks_factory=lambda arm, seed: [SymmetryProbe()])
+        return {"forward": forward, "runs": runs}
+
+    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+        forward, runs = results["forward"], results["runs"]
+        figures = [ctx.figure(_histograms(forward, act), f"histograms_{act}",
+                              f"Activation histograms per layer ({act}, seed {ctx.seeds[0]}): the textbook figure. "
+                              "Each row is an initialization.") for act in ACTIVATIONS]
+        figures.append(ctx.figure(_per_layer(forward, "std", log=True), "std_per_layer",
+                                  "Activation std per layer: mean over seeds with 95% band (log scale)."))
+        figures.append(ctx.figure(_per_layer(forward, "saturated", acts=("sigmoid", "tanh")), "saturated_per_layer",
+                                  "Share of saturated activations (within 2% of a bound) per layer."))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        curves_figure({LABELS[a]: series(rs, "train_loss") for a, rs in runs.items()}, title="training loss",
+                      xlabel="epoch", ylabel="loss", ax=axes[0])
+        curves_figure({LABELS[a]: series(rs, "val_acc") for a, rs in runs.items()}, title="validation accuracy",
+                      xlabel="epoch", ylabel="accuracy", ax=axes[1])
+        figures.append(ctx.figure(fig, "training", "Deep ReLU MLP on the study's dataset, one curve per "
+                                                   "initialization: mean over seeds with 95% band."))
+        rows = []
+        for act in ACTIVATIONS:
+            for init in INITS:
+                stats = forward[act][init]
+                rows.append([act, LABELS[init], _mean([s["std"][0] for s in stats]),
+                             _mean([s["std"][-1] for s in stats]), _mean([_ratio(s) for s in stats]),
+                             _mean([np.mean(s["saturated"]) for s in stats]),
+                             _mean([np.mean(s["dead"]) for s in stats])])
+        forward_table = Table(f"Forward pass: {ctx.budget.layers} layers of {ctx.budget.width} units "  # type: ignore
+                              "(means over seeds)",
+                              ["activation", "init", "first std", "last std", "last/first", "saturated", "dead"],
+                              rows)
+        train_rows = [[LABELS[a], _mean(finals(rs, "val_loss")), _mean(finals(rs, "val_acc")),
+                       _mean(finals(rs, "test_acc")), _mean([r.final["epochs_run"] for r in rs]),
+                       "; ".join(sorted({r.final["stopped_reason"] for r in rs if r.final["stopped_reason"]}))]
+                      for a, rs in runs.items()]
+        train_table = Table("Training (means over seeds)",
+                            ["init", "val loss", "val acc", "test acc", "epochs run", "stopped"], train_rows)
+        return figures, [forward_table, train_table]
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _histograms(forward: dict[str, Any], act: str) -> Any:
+    inits = [i for i in INITS if i != "zeros"]
+    depth = len(forward[act][inits[0]][0]["std"])
+    cols = sorted(set(np.linspace(0, depth - 1, min(5, depth)).round().astype(int)))
+    fig, axes = plt.subplots(len(inits), len(cols), figsize=(2.2 * len(cols), 1.5 * len(inits)), squeeze=False)
+    for r, init in enumerate(inits):
+        stats = forward[act][init][0]
+        for c, layer in enumerate(cols):
+            ax = axes[r][c]
+            hist, (lo, hi) = stats["hist"][layer], stats["hist_range"][layer]
+            ax.stairs(hist / max(hist.sum(), 1), np.linspace(lo, hi, len(hist) + 1), fill=True, color="#4c72b0")
+            ax.set_yticks([])
+            ax.tick_params(labelsize=7)
+            if r == 0:
+                ax.set_title(f"layer {layer + 1}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(LABELS[init], fontsize=8)
+    fig.suptitle(f"{act} activations", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _per_layer(forward: dict[str, Any], key: str, log: bool = False, acts: tuple[str, ...] = ACTIVATIONS) -> Any:
+    fig, axes = plt.subplots(1, len(acts), figsize=(4.6 * len(acts), 3.8), squeeze=False)
+    for ax, act in zip(axes[0], acts):
+        curves = {LABELS[i]: [s[key] for s in forward[act][i]] for i in INITS if not (log and i == "zeros")}
+        curves_figure(curves, title=act, xlabel="layer", ylabel=key, logy=log, ax=ax)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,238 @@
+"""The one training loop: ``fit -> epoch -> step``, with callbacks at a closed set of events (see callbacks.py).
+
+The loop keeps its running sums on the device and reads them once per epoch, so it makes no host sync per step
+unless a callback asks for one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainlab.callbacks import Callback, StopTraining
+from trainlab.data import Data
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` for ``epochs`` epochs; callbacks add everything else."""
+
+    def __init__(self, model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, *,
+                 lr: Any = None, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 penalties: Sequence[Any] = (), callbacks: Sequence[Callback] = (), epochs: int = 10,
+                 batch_size: int = 128, eval_batch_size: int = 1024, generator: torch.Generator | None = None):
+        self.model, self.data, self.optimizer, self.lr = model, data, optimizer, lr
+        self.loss_fn = loss_fn or default_loss(data.task)
+        self.penalties = list(penalties)
+        self.callbacks = list(callbacks)
+        self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.device = next(model.parameters()).device
+        self.step = 0
+        self.epoch = 0
+        self.batch: tuple[Tensor, Tensor] | None = None
+        self.loss: Tensor | None = None
+        self.metrics: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self.extras: dict[str, Any] = {}
+        self.stopped_reason = ""
+        self.elapsed_s = 0.0
+
+    def fit(self) -> dict[str, Any]:
+        self._fire("on_fit_start")
+        try:
+            while self.epoch < self.epochs:
+                self._epoch()
+        except StopTraining as stop:
+            self.stopped_reason = str(stop)
+        self._fire("on_fit_end")
+        return self.summary()
+
+    def _epoch(self) -> None:
+        self.model.train()
+        self._fire("on_epoch_start")
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in self.data.train_batches(self.batch_size, self.generator):
+            self.batch = (x, y)
+            self._fire("on_step_start")
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+            total = loss + sum(p.value() for p in self.penalties) if self.penalties else loss
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.loss = total.detach()
+            self._fire("after_backward")
+            self.optimizer.step()
+            if self.lr is not None:
+                self.lr.step()
+            loss_sum += loss.detach() * len(y)
+            if self.data.task == "classification":
+                correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+            self._fire("on_step_end")
+            self.step += 1
+        self.elapsed_s += time.perf_counter() - start
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum.item() / max(seen, 1)}
+        if self.data.task == "classification":
+            metrics["train_acc"] = correct.item() / max(seen, 1)
+        if len(self.data.y_val):
+            metrics.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["time_s"] = self.elapsed_s
+        self.metrics = metrics
+        self.history.append(metrics)
+        if self.lr is not None:
+            self.lr.epoch_end(metrics)
+        self._fire("on_epoch_end")
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Mean loss (and accuracy for classification) on ``train``, ``val`` or ``test``, in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in self.data.eval_batches(split, self.eval_batch_size):
+            out = self.model(x)
+            loss_sum += self.loss_fn(out, y) * len(y)
+            if self.data.task == "classification":
+                correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+        self.model.train(was_training)
+        result = {"loss": loss_sum.item() / max(seen, 1)}
+        if self.data.task == "classification":
+            result["acc"] = correct.item() / max(seen, 1)
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        """Final metrics: the last epoch's, then test metrics of the model as it is now (best weights if restored)."""
+        final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
+        final.pop("epoch", None)
+        if len(self.data.y_val):
+            final.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+        if len(self.data.y_test):
+            final.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
+        final["epochs_run"] = self.epoch
+        final["steps"] = self.step
+        final["stopped_reason"] = self.stopped_reason
+        final["time_s"] = self.elapsed_s
+        return final
+
+    def _fire(self, event: str) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs besides the config: weights, optimizer, schedule, callbacks, RNG, counters."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr": self.lr.state_dict() if self.lr is not None else {},
+            "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks().items()},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "epoch": self.epoch, "step": self.step, "elapsed_s": self.elapsed_s,
+            "history": self.history, "extras": self.extras,
+        }
+
+    def _stateful_callbacks(self) -> dict[str, Callback]:
+        """Callbacks that carry state, keyed by class name and occurrence (``EarlyStopping#0``)."""
+        out: dict[str, Callback] = {}
+        for cb in self.callbacks:
+            if type(cb).state_dict is not Callback.state_dict:
+                name = type(cb).__name__
+                out[f"{name}#{sum(k.startswith(name + '#') for k in out)}"] = cb
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr is not None:
+            self.lr.load_state_dict(state["lr"])
+        stateful = self._stateful_callbacks()
+        if set(stateful) != set(state["callbacks"]):
+            raise ValueError(f"The checkpoint holds state for callbacks {sorted(state['callbacks'])}; this trainer "
+                             f"has {sorted(stateful)}. Resume with the same config and callbacks.")
+        for key, cb in stateful.items():
+            cb.load_state_dict(state["callbacks"][key])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch, self.step, self.elapsed_s = state["epoch"], state["step"], state["elapsed_s"]
+        self.history = list(state["history"])
+        self.metrics = dict(self.history[-1]) if self.history else {}
+        self.extras = dict(state["extras"])
+
+
+def default_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy for classification, mean squared error for regression."""
+    if task == "classification":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return nn.MSELoss()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("The 'device' parameter of RunConfig is 'cuda', but this torch build sees no CUDA device. "
+                         "Use 'cpu' or 'auto'.")
+    return torch.device(name)
+
+
+def seeds_for(seed: int) -> dict[str, int]:
+    """Independent streams from one seed, so changing the model does not change the data order (and so on)."""
+    import numpy as np
+
+    streams = ("init", "data", "torch", "noise")
+    return dict(zip(streams, (int(s) for s in np.random.SeedSequence(seed).generate_state(len(streams)))))
+
+
+def build_trainer(config: Any, callbacks: Sequence[Callback] = (), *, model: nn.Module | None = None,
+                  data: Data | None = None) -> Trainer:
+    """Data, model, optimizer, schedule, penalties and callbacks from a config (a RunConfig, dict or YAML path).
+
+    ``model`` replaces the config's model with any ``nn.Module``; ``data`` replaces loading the config's data.
+    """
+    from trainlab.callbacks import EarlyStopping, GradClip, GradientNoise, NonFiniteGuard, WeightNoise
+    from trainlab.config import load_config
+    from trainlab.data import load_data
+
+    config = load_config(config)
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seeds = seeds_for(config.seed)
+    torch.manual_seed(seeds["torch"])
+    data = (data if data is not None else load_data(config.data)).to(device)
+    if model is None:
+        model = config.model.build(data.input_shape, data.num_outputs, torch.Generator().manual_seed(seeds["init"]))
+    model = model.to(device)
+    optimizer = config.optimizer.build(model)
+    steps_per_epoch = data.steps_per_epoch(config.data.batch_size)
+    lr = config.schedule.build(optimizer, config.epochs * steps_per_epoch, steps_per_epoch)
+    penalties = [r.attach(model) for r in config.regularizers]
+    noise = torch.Generator().manual_seed(seeds["noise"])
+    standard: list[Callback] = []
+    if config.weight_noise:
+        standard.append(WeightNoise(config.weight_noise, noise))
+    if config.gradient_noise:
+        standard.append(GradientNoise(config.gradient_noise, noise))
+    if config.grad_clip:
+        standard.append(GradClip(config.grad_clip))
+    if config.early_stopping is not None:
+        standard.append(EarlyStopping(**config.early_stopping.model_dump()))
+    standard.append(NonFiniteGuard())
+    return Trainer(model, data, optimizer, lr=lr, loss_fn=default_loss(data.task, config.label_smoothing),
+                   penalties=penalties, callbacks=[*standard, *callbacks], epochs=config.epochs,
+                   batch_size=config.data.batch_size, eval_batch_size=config.data.eval_batch_size, generator=torch.Generator().manual_seed(seeds["data"]))

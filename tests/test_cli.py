@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from trainlab.cli import app
+
+runner = CliRunner()
+
+
+def write(tmp_path, cfg, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_list_every_kind_and_one_kind():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    for name in ("he_normal", "leaky_relu", "cnn1d", "elastic_net", "nesterov", "one_cycle", "mnist1d", "shift"):
+        assert name in result.output
+    only = runner.invoke(app, ["list", "optimizer"])
+    assert "adamw" in only.output and "he_normal" not in only.output
+    bad = runner.invoke(app, ["list", "optimiser"])
+    assert bad.exit_code == 2 and "Did you mean 'optimizer'" in bad.output
+
+
+def test_train_writes_a_run_directory_and_prints_json(tmp_path, tiny):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(write(tmp_path, tiny)), "--out", str(out), "--json", "--quiet",
+                                 "--set", "epochs=2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["epochs_run"] == 2 and 0 <= summary["test_acc"] <= 1
+    for name in ("config.yaml", "meta.json", "history.csv", "summary.json", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "meta.json").read_text())
+    assert {"seed", "torch", "numpy", "trainlab", "threads"} <= set(meta)
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
+
+
+@pytest.mark.parametrize("patch,sets,message", [
+    ({"optimizer": {"name": "adamx"}}, [], "Did you mean 'adam"),
+    ({"optimizer": {"name": "adam", "lr": -0.1}}, [], "The 'lr' parameter of adam must be greater than 0"),
+    ({}, ["model.dropout=1.0"], "The 'dropout' parameter of mlp must be less than 1"),
+    ({"early_stopping": {"patience": -1}}, [], "patience"),
+    ({"epochs": "ten"}, [], "must be a valid integer"),
+    ({"optimizer": {"name": "adam", "betas": 3}}, [], "betas"),
+    ({"colour": "blue"}, [], "RunConfig has no parameter 'colour'"),
+    ({"model": {"name": "cnn2d"}}, [], "cnn2d"),
+    ({}, ["optimizer.lrr=1"], "Did you mean 'lr'"),
+])
+def test_bad_input_exits_2_with_one_clear_message(tmp_path, tiny, patch, sets, message):
+    args = ["train", str(write(tmp_path, {**tiny, **patch})), "--quiet", "--out", str(tmp_path / "o")]
+    for s in sets:
+        args += ["--set", s]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_config_file(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_schedule_preview_and_plot(tmp_path):
+    plot = tmp_path / "lr.png"
+    result = runner.invoke(app, ["schedule", "{name: cosine, warmup_steps: 10}", "--steps", "100", "--lr", "0.1",
+                                 "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert plot.stat().st_size > 1000
+    assert "0.1" in result.output
+    bad = runner.invoke(app, ["schedule", "cosin", "--steps", "10"])
+    assert bad.exit_code == 2 and "Did you mean 'cosine'" in bad.output

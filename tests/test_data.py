@@ -1,0 +1,291 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from trainlab.augment import Shift
+from trainlab.data import (DATASETS, PREPROCESSORS, Csv, Data, DataConfig, Digits, MinMax, Mnist1d, Npz,
+                           Standardize, _mnist1d_arrays, load_data)
+
+
+def counts(y: torch.Tensor, k: int) -> np.ndarray:
+    return np.bincount(y.numpy(), minlength=k)
+
+
+# --- registries and config ------------------------------------------------------------------------------------------
+
+DATASET_EXAMPLES = {"mnist1d": {}, "digits": {"image": True}, "breast_cancer": {}, "wine": {}, "moons": {"noise": 0.1},
+                    "spirals": {"n_classes": 4}, "npz": {"path": "a.npz"}, "csv": {"path": "a.csv", "target": "y"}}
+
+
+def test_every_component_has_a_description_and_round_trips():
+    assert sorted(DATASETS.names()) == sorted(DATASET_EXAMPLES)
+    for registry, examples in ((DATASETS, DATASET_EXAMPLES), (PREPROCESSORS, {"none": {}, "standardize": {},
+                                                                                  "minmax": {"low": -1.0}})):
+        for name, fields in examples.items():
+            assert registry.get(name).describe()
+            spec = registry.create({"name": name, **fields})
+            assert registry.create(spec.model_dump()) == spec
+
+
+def test_config_round_trip_and_validation():
+    cfg = DataConfig(dataset="wine", preprocess={"name": "minmax", "low": -1.0}, augment=["scale"])
+    assert DataConfig.model_validate(cfg.model_dump()) == cfg
+    assert cfg.model_dump()["dataset"] == {"name": "wine"}
+    for bad in ({"val_fraction": 1.0}, {"test_fraction": -0.1}, {"batch_size": 0}, {"train_size": 0},
+                {"fit_on": "test"}, {"shuffle": True}, {"dataset": "mnist"}):
+        with pytest.raises(ValidationError):
+            DataConfig.model_validate(bad)
+    with pytest.raises(ValidationError, match="Did you mean 'mnist1d'"):
+        DataConfig(dataset="mnist")
+    with pytest.raises(ValidationError, match="'high' parameter of MinMax must be greater"):
+        MinMax(low=1.0, high=1.0)
+
+
+# --- splits ---------------------------------------------------------------------------------------------------------
+
+def test_split_sizes_and_stratification():
+    data = load_data(DataConfig(dataset="digits", preprocess="none"))
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (1293, 144, 360)  # 1797 -> 20% test, 10% val
+    overall = np.bincount(Digits().load().y_train) / 1797
+    for y in (data.y_train, data.y_val, data.y_test):
+        # Stratified: every class within one sample of its share of the split.
+        assert np.all(np.abs(counts(y, 10) - overall * len(y)) <= 1.0)
+    assert data.y_train.dtype == torch.int64 and data.x_train.dtype == torch.float32
+    assert (data.task, data.num_classes, data.num_outputs, data.input_shape) == ("classification", 10, 10, (64,))
+
+
+def test_splits_partition_the_data_and_follow_the_seed():
+    raw = np.sort(DATASETS.create("spirals").load().x_train[:, 0])
+    a = load_data(DataConfig(dataset="spirals", preprocess="none", split_seed=1))
+    together = torch.cat([a.x_train, a.x_val, a.x_test])[:, 0].numpy()
+    np.testing.assert_array_equal(np.sort(together), raw)
+    b = load_data(DataConfig(dataset="spirals", preprocess="none", split_seed=1))
+    c = load_data(DataConfig(dataset="spirals", preprocess="none", split_seed=2))
+    assert torch.equal(a.x_val, b.x_val) and not torch.equal(a.x_val, c.x_val)
+
+
+def test_empty_validation_split():
+    data = load_data(DataConfig(dataset="wine", val_fraction=0.0))
+    assert data.x_val.shape == (0, 13) and data.y_val.shape == (0,)
+    assert len(data.x_train) + len(data.x_test) == 178
+    assert list(data.eval_batches("val", 16)) == []
+
+
+def test_train_size_keeps_a_stratified_subset():
+    data = load_data(DataConfig(dataset="digits", train_size=200))
+    assert len(data.x_train) == 200 and len(data.x_val) == 144 and len(data.x_test) == 360
+    assert counts(data.y_train, 10).min() >= 19 and counts(data.y_train, 10).max() <= 21
+    with pytest.raises(ValueError, match="'train_size' parameter of DataConfig must be at most the 1293"):
+        load_data(DataConfig(dataset="digits", train_size=1294))
+    with pytest.raises(ValueError, match="train_size=5"):
+        load_data(DataConfig(dataset="digits", train_size=5))  # fewer than the 10 classes: no stratified subset
+
+
+# --- preprocessing --------------------------------------------------------------------------------------------------
+
+def test_standardize_uses_training_statistics_only():
+    raw = load_data(DataConfig(dataset="breast_cancer", preprocess="none"))
+    std = load_data(DataConfig(dataset="breast_cancer", preprocess="standardize"))
+    mean, sd = raw.x_train.double().mean(0), raw.x_train.double().std(0, unbiased=False)
+    for split in ("train", "val", "test"):
+        expected = (getattr(raw, f"x_{split}").double() - mean) / sd
+        torch.testing.assert_close(getattr(std, f"x_{split}").double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(std.x_train.double().mean(0), torch.zeros(30, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(std.x_train.double().std(0, unbiased=False), torch.ones(30, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    assert std.x_test.double().mean(0).abs().max() > 1e-3  # the test split was not used for the statistics
+
+
+def test_fit_on_all_leaks_val_and_test_statistics():
+    leak = load_data(DataConfig(dataset="breast_cancer", fit_on="all"))
+    clean = load_data(DataConfig(dataset="breast_cancer"))
+    assert not torch.allclose(leak.x_train, clean.x_train)
+    everything = torch.cat([leak.x_train, leak.x_val, leak.x_test]).double()
+    torch.testing.assert_close(everything.mean(0), torch.zeros(30, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, 1.0), (-1.0, 1.0)])
+def test_minmax_maps_the_training_range(low, high):
+    data = load_data(DataConfig(dataset="wine", preprocess={"name": "minmax", "low": low, "high": high}))
+    torch.testing.assert_close(data.x_train.min(0).values, torch.full((13,), low), atol=1e-6, rtol=0)
+    torch.testing.assert_close(data.x_train.max(0).values, torch.full((13,), high), atol=1e-6, rtol=0)
+
+
+def test_constant_features():
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])
+    np.testing.assert_allclose(Standardize().fit(x).transform(x)[:, 1], 0.0)
+    np.testing.assert_allclose(MinMax(low=-1.0).fit(x).transform(x), [[-1, -1], [0, -1], [1, -1]])
+    np.testing.assert_allclose(PREPROCESSORS.create("none").fit(x).transform(x), x)
+
+
+def test_preprocessing_is_per_feature_on_images():
+    data = load_data(DataConfig(dataset={"name": "digits", "image": True}))
+    assert data.input_shape == (1, 8, 8) and data.x_test.shape[1:] == (1, 8, 8)
+    pixel_means = data.x_train.double().mean(0)
+    torch.testing.assert_close(pixel_means, torch.zeros_like(pixel_means), atol=1e-5, rtol=0)
+
+
+# --- built-in datasets ----------------------------------------------------------------------------------------------
+
+def test_mnist1d_defaults():
+    raw = Mnist1d().load()
+    assert raw.x_train.shape == (4000, 40) and raw.x_test.shape == (1000, 40)
+    assert set(np.unique(raw.y_train)) == set(range(10)) and raw.num_classes == 10
+    raw.x_train[0] = 99.0  # callers get copies: the in-process memo stays intact
+    assert Mnist1d().load().x_train[0, 0] != 99.0
+    data = load_data(DataConfig(dataset="mnist1d"))
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (3600, 400, 1000)
+    assert data.input_shape == (40,) and data.num_outputs == 10
+
+
+def test_mnist1d_matches_the_package_and_keeps_global_rng_state():
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    np.random.seed(123)
+    random.seed(123)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    raw = Mnist1d(num_samples=100, seed=3).load()
+    after = np.random.get_state()
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+    assert random.getstate() == py_state
+    args = get_dataset_args()
+    args.num_samples, args.seed = 100, 3
+    reference = make_dataset(args)
+    np.testing.assert_allclose(raw.x_train, reference["x"], rtol=1e-6)
+    np.testing.assert_array_equal(raw.y_test, reference["y_test"])
+
+
+@pytest.mark.parametrize(("name", "shape", "classes", "n"), [("breast_cancer", (30,), 2, 569), ("wine", (13,), 3, 178),
+                                                             ("moons", (2,), 2, 1000), ("spirals", (2,), 3, 1500),
+                                                             ("digits", (64,), 10, 1797)])
+def test_bundled_and_synthetic_sets(name, shape, classes, n):
+    raw = DATASETS.create(name).load()
+    assert raw.x_train.shape == (n, *shape) and raw.x_test is None
+    assert raw.num_classes == classes and set(np.unique(raw.y_train)) == set(range(classes))
+
+
+def test_spirals_follow_the_formula_without_noise():
+    raw = DATASETS.create({"name": "spirals", "noise": 0.0, "n_samples": 30}).load()
+    r = np.hypot(raw.x_train[:, 0], raw.x_train[:, 1])
+    theta = np.arctan2(raw.x_train[:, 1], raw.x_train[:, 0])
+    expected = 2 * np.pi * (raw.y_train / 3 + r)
+    np.testing.assert_allclose(np.cos(theta - expected), 1.0, atol=1e-4)
+
+
+# --- user files -----------------------------------------------------------------------------------------------------
+
+def test_csv_with_header_and_target_by_name(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,label,b\n1,0,2\n3,1,4\n5,0,6\n7,1,8\n")
+    raw = Csv(path=str(path), target="label").load()
+    np.testing.assert_array_equal(raw.x_train, [[1, 2], [3, 4], [5, 6], [7, 8]])
+    np.testing.assert_array_equal(raw.y_train, [0, 1, 0, 1])
+    assert raw.feature_names == ["a", "b"] and raw.task == "classification" and raw.num_classes == 2
+    assert Csv(path=str(path), target=1).load().feature_names == ["a", "b"]
+    with pytest.raises(ValueError, match=r"one of \['a', 'label', 'b'\]. Got 'y' instead"):
+        Csv(path=str(path), target="y").load()
+
+
+def test_csv_without_header_text_labels_and_regression(tmp_path):
+    path = tmp_path / "iris.csv"
+    path.write_text("5.1,3.5,setosa\n7.0,3.2,versicolor\n4.9,3.0,setosa\n")
+    raw = Csv(path=str(path)).load()
+    assert raw.x_train.shape == (3, 2) and raw.class_names == ["setosa", "versicolor"]
+    np.testing.assert_array_equal(raw.y_train, [0, 1, 0])
+    path = tmp_path / "reg.csv"
+    path.write_text("x,y\n1,0.5\n2,1.5\n3,2.25\n")
+    raw = Csv(path=str(path)).load()
+    assert raw.task == "regression" and raw.y_train.shape == (3, 1) and raw.y_train.dtype == np.float32
+    assert Csv(path=str(path), task="classification", target=0).load().num_classes == 4
+
+
+def test_csv_errors(tmp_path):
+    with pytest.raises(ValueError, match="nope.csv"):
+        Csv(path=str(tmp_path / "nope.csv")).load()
+    path = tmp_path / "t.csv"
+    path.write_text("a,city,y\n1,Paris,0\n2,Rome,1\n")
+    with pytest.raises(ValueError, match="feature column 'city'.*Got 'Paris'"):
+        Csv(path=str(path)).load()
+    path.write_text("a,y\n1,0\n,1\n")
+    with pytest.raises(ValueError, match="feature column 'a'"):
+        Csv(path=str(path)).load()
+    path.write_text("a,y\n1,0\n2,0.5\n")
+    with pytest.raises(ValueError, match="must be integers for task='classification'"):
+        Csv(path=str(path), task="classification").load()
+
+
+def test_npz_formats_and_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3, 5)), np.repeat([-1, 1], 20)
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    raw = Npz(path=str(tmp_path / "xy.npz")).load()
+    assert raw.x_train.shape == (40, 3, 5) and raw.x_test is None and raw.num_classes == 2
+    np.testing.assert_array_equal(raw.y_train, (y + 1) // 2)
+    assert raw.class_names == ["-1", "1"]
+    np.savez(tmp_path / "split.npz", x_train=x[:30], y_train=y[:30] * 0.5, x_test=x[30:], y_test=y[30:] * 0.5)
+    data = load_data(DataConfig(dataset={"name": "npz", "path": str(tmp_path / "split.npz")}, val_fraction=0.2))
+    assert data.task == "regression" and data.y_train.shape == (24, 1) and data.y_train.dtype == torch.float32
+    assert len(data.x_test) == 10 and data.num_outputs == 1 and data.input_shape == (3, 5)
+    np.savez(tmp_path / "bad.npz", inputs=x, y=y)
+    with pytest.raises(ValueError, match=r"Got keys \['inputs', 'y'\] instead"):
+        Npz(path=str(tmp_path / "bad.npz")).load()
+    np.savez(tmp_path / "short.npz", x=x, y=y[:-1])
+    with pytest.raises(ValueError, match="same number of samples. Got 40 and 39"):
+        Npz(path=str(tmp_path / "short.npz")).load()
+    with pytest.raises(ValueError, match="missing.npz"):
+        Npz(path=str(tmp_path / "missing.npz")).load()
+
+
+# --- batches --------------------------------------------------------------------------------------------------------
+
+def tiny(n: int, augment=()) -> Data:
+    x = torch.arange(n, dtype=torch.float32).view(n, 1).repeat(1, 4)
+    y = torch.arange(n) % 3
+    empty = x[:0]
+    return Data(x, y, empty, y[:0], x[:5], y[:5], "classification", 3, list(augment))
+
+
+def test_train_batches_are_a_seeded_permutation():
+    data = tiny(10)
+    batches = list(data.train_batches(4, torch.Generator().manual_seed(0)))
+    assert [len(b[0]) for b in batches] == [4, 4, 2] == [4, 4, 2][:data.steps_per_epoch(4)]
+    ids = torch.cat([b[0][:, 0] for b in batches]).long()
+    assert sorted(ids.tolist()) == list(range(10))
+    assert torch.equal(torch.cat([b[1] for b in batches]), ids % 3)  # labels travel with their inputs
+    again = list(data.train_batches(4, torch.Generator().manual_seed(0)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    other = torch.cat([b[0][:, 0] for b in data.train_batches(4, torch.Generator().manual_seed(1))])
+    assert not torch.equal(other.long(), ids)
+
+
+def test_a_final_batch_of_one_is_dropped():
+    data = tiny(9)
+    assert data.steps_per_epoch(4) == 2
+    assert [len(x) for x, _ in data.train_batches(4, torch.Generator().manual_seed(0))] == [4, 4]
+    assert data.steps_per_epoch(1) == 9  # batch size 1 is a choice, not a leftover
+    assert data.steps_per_epoch(3) == 3
+
+
+def test_augmentations_apply_to_training_batches_only():
+    data = tiny(8, augment=[Shift(max_shift=1, mode="pad")])
+    x, _ = next(data.train_batches(8, torch.Generator().manual_seed(0)))
+    assert (x == 0).any(dim=1).sum() >= 1  # some sample was shifted and zero-filled
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(8, generator=g)
+    torch.testing.assert_close(x, Shift(max_shift=1, mode="pad")(data.x_train[order], g))
+    xs, ys = zip(*data.eval_batches("test", 2))
+    assert torch.equal(torch.cat(xs), data.x_test) and torch.equal(torch.cat(ys), data.y_test)
+    with pytest.raises(ValueError, match="'split' argument"):
+        next(data.eval_batches("validation", 2))
+
+
+def test_to_device_and_config_augment_reaches_data():
+    data = load_data(DataConfig(dataset="moons", augment=[{"name": "gaussian_noise", "std": 0.1}]))
+    moved = data.to("cpu")
+    assert isinstance(moved, Data) and moved.augment == data.augment and moved.augment[0].std == 0.1
+    assert "train=720" in repr(moved)

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainlab.callbacks import Callback, early_stopping_decision
+from trainlab.store import Store, load_result, train
+from trainlab.trainer import build_trainer
+
+
+@pytest.mark.parametrize("values,mode,patience,stop,best", [
+    ([1.0, 0.9, 0.8], "min", 2, False, 2),
+    ([1.0, 0.9, 0.95, 0.97], "min", 2, True, 1),
+    ([1.0, 0.9, 0.95], "min", 2, False, 1),
+    ([0.5, 0.6, 0.55, 0.58], "max", 2, True, 1),
+    ([1.0, 1.0], "min", 0, True, 0),
+    ([1.0, 0.99999], "min", 1, False, 1),
+])
+def test_early_stopping_decision(values, mode, patience, stop, best):
+    got_stop, got_best, reason = early_stopping_decision(values, mode, patience)
+    assert (got_stop, got_best) == (stop, best)
+    assert bool(reason) == stop
+
+
+def test_early_stopping_min_delta_and_non_finite():
+    # 0.995 improves on 1.0 by less than min_delta, so it does not count as better.
+    assert early_stopping_decision([1.0, 0.995, 0.99], "min", 2, min_delta=0.02)[:2] == (True, 0)
+    stop, _, reason = early_stopping_decision([1.0, math.nan], "min", 5)
+    assert stop and "nan" in reason
+
+
+def test_training_learns_moons(tiny):
+    tiny["epochs"] = 15
+    result = train(tiny)
+    assert result.final["test_acc"] > 0.85
+    assert [row["epoch"] for row in result.history] == list(range(1, 16))
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(tiny):
+    a, b, c = train(tiny), train(tiny), train({**tiny, "seed": 1})
+    assert a.metric("train_loss") == b.metric("train_loss") and a.final["test_acc"] == b.final["test_acc"]
+    assert a.metric("train_loss") != c.metric("train_loss")
+
+
+class Interrupt(Callback):
+    def __init__(self, at_epoch: int):
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, trainer):
+        if trainer.epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_is_bit_identical(tiny, tmp_path):
+    cfg = {**tiny, "epochs": 6,
+           "model": {"name": "mlp", "depth": 2, "width": 16, "dropout": 0.2, "norm": "batch"},
+           "data": {**tiny["data"], "augment": [{"name": "gaussian_noise", "std": 0.05}]},
+           "schedule": {"name": "cosine", "warmup_steps": 5},
+           "early_stopping": {"patience": 50}, "gradient_noise": 0.01}
+    whole = train(cfg, tmp_path / "whole", keep_model=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", callbacks=[Interrupt(at_epoch=4)])
+    resumed = train(cfg, tmp_path / "cut", resume=True, keep_model=True)
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
+    assert strip(whole.history) == strip(resumed.history)
+    assert load_result(tmp_path / "cut").final["test_acc"] == whole.final["test_acc"]
+
+
+def test_resume_with_another_config_is_refused(tiny, tmp_path):
+    train(tiny, tmp_path / "run")
+    with pytest.raises(ValueError, match="different config"):
+        train({**tiny, "seed": 3}, tmp_path / "run", resume=True)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny, tmp_path / "run")
+
+
+def test_non_finite_loss_stops_the_run(tiny):
+    tiny["optimizer"] = {"name": "sgd", "lr": 1e6}
+    tiny["model"]["activation"] = "relu"
+    result = train({**tiny, "epochs": 30})
+    assert "non-finite" in result.final["stopped_reason"]
+    assert result.extras["diverged"] is True
+    assert result.final["epochs_run"] < 30
+
+
+def test_early_stopping_stops_and_restores_best(tiny):
+    tiny.update(epochs=60, early_stopping={"monitor": "val_loss", "patience": 2, "min_delta": 0.5})
+    result = train(tiny)
+    assert result.final["stopped_reason"].startswith("early stopping")
+    assert result.extras["best_epoch"] == 1 and result.final["epochs_run"] == 3
+
+
+def test_l2_penalty_shrinks_weights(tiny):
+    def weight_norm(cfg):
+        t = build_trainer(cfg)
+        t.fit()
+        return sum(p.norm() ** 2 for n, p in t.model.named_parameters() if p.ndim > 1).item()
+
+    assert weight_norm({**tiny, "regularizers": [{"name": "l2", "strength": 0.1}]}) < weight_norm(tiny)
+
+
+def test_any_user_module_trains(tiny):
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    trainer = build_trainer(tiny, model=model)
+    final = trainer.fit()
+    assert trainer.model is model and final["test_acc"] > 0.7
+
+
+class CountFits(Callback):
+    fits = 0
+
+    def on_fit_start(self, trainer):
+        CountFits.fits += 1
+
+
+def test_store_trains_a_config_once(tiny, tmp_path):
+    store = Store(tmp_path)
+    first = store.run(tiny, callbacks=[CountFits()])
+    second = store.run(tiny, callbacks=[CountFits()])
+    assert CountFits.fits == 1
+    assert second.final == first.final and store.has(tiny)
+    assert second.load_model() is not None
