@@ -17,3 +17,10 @@ def tiny() -> dict:
     import copy
 
     return copy.deepcopy(TINY)
+
+
+def pytest_configure(config):
+    # The suite trains many tiny models: one intra-op thread is faster for them than two that contend.
+    import torch
+
+    torch.set_num_threads(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -131,6 +132,11 @@ def test_implementation_prefers_fused_then_foreach():
     assert implementation(torch.optim.RMSprop, cpu) == {"foreach": True}
     assert implementation(torch.optim.Adam, [torch.zeros(3, dtype=torch.int64)]) == {"foreach": True}
     assert implementation(torch.optim.Adam, [torch.zeros(3, device="meta")]) == {}
+    # Only device and dtype matter, so stand-ins play CUDA tensors on a machine without CUDA.
+    cuda = [SimpleNamespace(device=torch.device("cuda"), is_floating_point=lambda: True)]
+    assert implementation(torch.optim.Adam, cuda) == {"fused": True}
+    assert implementation(torch.optim.Adagrad, cuda) == {"foreach": True}  # fused Adagrad is CPU-only
+    assert implementation(torch.optim.RMSprop, cuda) == {"foreach": True}
     assert AdamW().build(make_mlp()).defaults["fused"] is True
 
 

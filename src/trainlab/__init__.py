@@ -1,3 +1,32 @@
-"""trainlab: train neural networks well, and measure what each technique does."""
+"""trainlab: train neural networks well, and measure what each technique does.
+
+The public API is flat (``from trainlab import train, RunConfig, Trainer``); names load on first use so that
+importing trainlab (and ``trainlab --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "RunConfig": "trainlab.config", "load_config": "trainlab.config", "ConfigError": "trainlab.registry",
+    "Trainer": "trainlab.trainer", "build_trainer": "trainlab.trainer",
+    "train": "trainlab.store", "Store": "trainlab.store", "RunResult": "trainlab.store",
+    "load_result": "trainlab.store", "load_model": "trainlab.store",
+    "Callback": "trainlab.callbacks", "StopTraining": "trainlab.callbacks", "EarlyStopping": "trainlab.callbacks",
+    "DataConfig": "trainlab.data", "Data": "trainlab.data", "load_data": "trainlab.data",
+    "INITIALIZERS": "trainlab.initializers", "ACTIVATIONS": "trainlab.activations", "MODELS": "trainlab.models",
+    "REGULARIZERS": "trainlab.regularizers", "OPTIMIZERS": "trainlab.optimizers", "SCHEDULES": "trainlab.schedules",
+    "DATASETS": "trainlab.data", "PREPROCESSORS": "trainlab.data", "AUGMENTATIONS": "trainlab.augment",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trainlab' has no attribute {name!r}")

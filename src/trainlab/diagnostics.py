@@ -484,8 +484,9 @@ SATURATED_FRACTION = 0.3
 COLLAPSE_RATIO = 0.1
 # Std of a bounded activation as a share of its range: below this every unit outputs about the same value.
 NARROW_STD = 0.02
-# Rows of a weight matrix closer than this (relative to its largest entry) are numerically identical.
-SYMMETRY_TOL = 1e-6
+# Rows of a weight matrix closer than this (relative to its largest entry) are identical up to float32 rounding,
+# which lets rows that started equal drift apart by ~1e-7 per hundred steps; random inits differ by O(1).
+SYMMETRY_TOL = 1e-4
 # Smoothed loss at the end this many times the start: the run diverged.
 DIVERGE_FACTOR = 1.5
 # The loss ends this much above its start, or climbs back this share of what it had gained: lr too high.

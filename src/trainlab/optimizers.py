@@ -94,7 +94,9 @@ OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", OptimizerSpec)
 
 @OPTIMIZERS.register("sgd")
 class SGD(OptimizerSpec):
-    """Plain stochastic gradient descent: θ ← θ − η(g + λθ).
+    """Plain stochastic gradient descent.
+
+    θ ← θ − η(g + λθ).
 
     Robbins & Monro, "A stochastic approximation method", 1951.
     """
@@ -107,10 +109,11 @@ class SGD(OptimizerSpec):
 
 @OPTIMIZERS.register("momentum")
 class Momentum(OptimizerSpec):
-    """SGD with heavy-ball momentum: v ← μv + (1 − τ)(g + λθ); θ ← θ − ηv.
+    """SGD with heavy-ball momentum.
 
-    μ is ``momentum``, τ is ``dampening``. Polyak, "Some methods of speeding up the convergence of iteration
-    methods", 1964; Sutskever et al., "On the importance of initialization and momentum in deep learning", 2013.
+    v ← μv + (1 − τ)(g + λθ); θ ← θ − ηv, with μ = ``momentum``, τ = ``dampening``. Polyak, "Some methods of
+    speeding up the convergence of iteration methods", 1964; Sutskever et al., "On the importance of initialization
+    and momentum in deep learning", 2013.
     """
 
     lr: float = Field(0.01, gt=0)
@@ -124,7 +127,9 @@ class Momentum(OptimizerSpec):
 
 @OPTIMIZERS.register("nesterov")
 class Nesterov(OptimizerSpec):
-    """SGD with Nesterov momentum: v ← μv + (g + λθ); θ ← θ − η(g + λθ + μv) (the gradient at the look-ahead).
+    """SGD with Nesterov momentum: the step uses the gradient at the look-ahead point.
+
+    v ← μv + (g + λθ); θ ← θ − η(g + λθ + μv) (Sutskever's reformulation, as torch computes it).
 
     Nesterov, "A method for solving the convex programming problem with convergence rate O(1/k²)", 1983;
     Sutskever et al., "On the importance of initialization and momentum in deep learning", 2013.
@@ -140,9 +145,9 @@ class Nesterov(OptimizerSpec):
 
 @OPTIMIZERS.register("adagrad")
 class Adagrad(OptimizerSpec):
-    """AdaGrad, per-parameter rates from all past squared gradients: G ← G + g²; θ ← θ − ηg / (√G + ε).
+    """AdaGrad: per-parameter rates from the sum of all past squared gradients, so they only shrink.
 
-    g includes λθ. The effective rate only shrinks. Duchi, Hazan & Singer, "Adaptive subgradient methods for
+    G ← G + g²; θ ← θ − ηg / (√G + ε), g including λθ. Duchi, Hazan & Singer, "Adaptive subgradient methods for
     online learning and stochastic optimization", JMLR 2011.
     """
 
@@ -157,9 +162,10 @@ class Adagrad(OptimizerSpec):
 
 @OPTIMIZERS.register("rmsprop")
 class RMSprop(OptimizerSpec):
-    """RMSProp, rates from a moving average of squared gradients: v ← αv + (1 − α)g²; θ ← θ − ηg / (√v + ε).
+    """RMSProp: per-parameter rates from a moving average of squared gradients.
 
-    g includes λθ; with ``momentum`` μ > 0: b ← μb + g / (√v + ε); θ ← θ − ηb. Hinton, Srivastava & Swersky,
+    v ← αv + (1 − α)g²; θ ← θ − ηg / (√v + ε), g including λθ; with ``momentum`` μ > 0: b ← μb + g / (√v + ε);
+    θ ← θ − ηb. Hinton, Srivastava & Swersky,
     "Neural networks for machine learning", lecture 6e, 2012.
     """
 
@@ -189,11 +195,11 @@ class _AdamBase(OptimizerSpec):
 
 @OPTIMIZERS.register("adam")
 class Adam(_AdamBase):
-    """Adam, RMSProp with momentum and bias correction: θ ← θ − η m̂ / (√v̂ + ε).
+    """Adam: RMSProp with momentum and bias correction.
 
-    m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g², m̂ = m / (1 − β₁ᵗ), v̂ = v / (1 − β₂ᵗ). Weight decay is coupled
-    (g includes λθ) unless ``decoupled``, which makes this AdamW. Kingma & Ba, "Adam: a method for stochastic
-    optimization", ICLR 2015.
+    θ ← θ − η m̂ / (√v̂ + ε), m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g², m̂ = m / (1 − β₁ᵗ), v̂ = v / (1 − β₂ᵗ).
+    Weight decay is coupled (g includes λθ) unless ``decoupled``, which makes this AdamW. Kingma & Ba, "Adam: a
+    method for stochastic optimization", ICLR 2015.
     """
 
     decoupled: bool = False
@@ -209,7 +215,9 @@ class Adam(_AdamBase):
 
 @OPTIMIZERS.register("adamw")
 class AdamW(_AdamBase):
-    """Adam with decoupled weight decay: θ ← θ(1 − ηλ) − η m̂ / (√v̂ + ε) (m̂, v̂ as in Adam, g without λθ).
+    """AdamW: Adam with weight decay decoupled from the gradient step.
+
+    θ ← θ(1 − ηλ) − η m̂ / (√v̂ + ε), with m̂ and v̂ as in Adam and g without λθ.
 
     Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
     """

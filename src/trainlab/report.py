@@ -41,10 +41,9 @@ def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray,
     if values.ndim != 2:
         raise ValueError(f"values must be a 2-D array (seeds x points). Got shape {values.shape} instead.")
     n = np.sum(~np.isnan(values), axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nanmean(values, axis=0) if values.size else np.zeros(values.shape[1])
-        sd = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1])
-        half = sps.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
+    mean = np.nansum(values, axis=0) / np.maximum(n, 1)
+    sd = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / np.maximum(n - 1, 1))
+    half = sps.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
     half = np.where(n >= 2, np.nan_to_num(half), 0.0)
     return mean, mean - half, mean + half
 
@@ -156,7 +155,7 @@ figcaption{color:#57606a;font-size:.9rem}
 .table-wrap{overflow-x:auto}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:right}th{background:#f6f8fa}
-td:first-child,th:first-child{text-align:left}
+td:first-child,th:first-child{text-align:left}.claims td,.claims th{text-align:left;vertical-align:top}
 nav{font-size:.9rem}
 """
 
@@ -240,7 +239,7 @@ def index_page(outcomes: Sequence[StudyOutcome]) -> str:
                      f"({esc(o.mode)}, {len(o.seeds)} seeds)</p>")
         rows = "".join(f'<tr><td>{badge(c.verdict)}</td><td><a href="{esc(page)}#{esc(c.key)}">{esc(c.text)}</a>'
                        f"</td><td>{esc(c.evidence)}</td></tr>" for c in o.claims)
-        parts.append('<div class="table-wrap"><table><thead><tr><th>verdict</th><th>claim</th><th>evidence</th></tr>'
+        parts.append('<div class="table-wrap"><table class="claims"><thead><tr><th>verdict</th><th>claim</th><th>evidence</th></tr>'
                      f'</thead><tbody>{rows}</tbody></table></div>')
     return _page("trainlab studies", "".join(parts))
 

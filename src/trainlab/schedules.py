@@ -63,7 +63,7 @@ SCHEDULES: Registry[Schedule] = Registry("schedule", Schedule)
 
 @SCHEDULES.register("constant")
 class Constant(Schedule):
-    """Constant lr (after the optional warmup): f = 1."""
+    """Constant lr after the optional warmup: f = 1."""
 
     def _after_warmup(self, t: int, horizon: int, steps_per_epoch: int) -> float:
         return 1.0
@@ -71,10 +71,10 @@ class Constant(Schedule):
 
 @SCHEDULES.register("step")
 class StepDecay(Schedule):
-    """Step decay: multiply the lr by gamma every ``every_epochs`` epochs, f = γ^⌊t / (k·E)⌋ (E steps per epoch).
+    """Step decay: multiply the lr by gamma every ``every_epochs`` epochs.
 
-    As torch's StepLR stepped per epoch. He et al., "Deep residual learning for image recognition", 2016 (γ = 0.1
-    every 30 epochs).
+    f = γ^⌊t / (k·E)⌋ with k = ``every_epochs`` and E steps per epoch; as torch's StepLR stepped per epoch.
+    He et al., "Deep residual learning for image recognition", 2016 (γ = 0.1 every 30 epochs).
     """
 
     gamma: float = Field(0.1, gt=0, lt=1)
@@ -86,9 +86,9 @@ class StepDecay(Schedule):
 
 @SCHEDULES.register("exponential")
 class Exponential(Schedule):
-    """Exponential decay, smooth within epochs: f = γ^(t / E) with γ per epoch and E steps per epoch.
+    """Exponential decay by ``gamma_per_epoch`` per epoch, smooth within epochs.
 
-    Equals torch's ExponentialLR at every epoch boundary.
+    f = γ^(t / E) with E steps per epoch; equals torch's ExponentialLR at every epoch boundary.
     """
 
     gamma_per_epoch: float = Field(0.95, gt=0, le=1)
@@ -103,10 +103,10 @@ def _cosine(final: float, t: float, period: float) -> float:
 
 @SCHEDULES.register("cosine")
 class Cosine(Schedule):
-    """Cosine annealing over the run: f = f_min + (1 − f_min)(1 + cos(πt/T))/2, f_min = ``final_factor``.
+    """Cosine annealing from 1 to ``final_factor`` over the run.
 
-    As torch's CosineAnnealingLR with T_max = T. Loshchilov & Hutter, "SGDR: stochastic gradient descent with
-    warm restarts", ICLR 2017.
+    f = f_min + (1 − f_min)(1 + cos(πt/T))/2 with f_min = ``final_factor``; as torch's CosineAnnealingLR with
+    T_max = T. Loshchilov & Hutter, "SGDR: stochastic gradient descent with warm restarts", ICLR 2017.
     """
 
     final_factor: float = Field(0.0, ge=0, le=1)
@@ -117,11 +117,12 @@ class Cosine(Schedule):
 
 @SCHEDULES.register("cosine_restarts")
 class CosineRestarts(Schedule):
-    """Cosine annealing with warm restarts: cycle i lasts T₀·mⁱ steps and anneals from 1 to ``final_factor``.
+    """Cosine annealing with warm restarts, each cycle ``cycle_mult`` times longer than the last.
 
-    T₀ = ``first_cycle_epochs`` × steps per epoch, m = ``cycle_mult``; as torch's CosineAnnealingWarmRestarts
-    stepped every step. Past total_steps the factor stays put (no restart after the run). Loshchilov & Hutter,
-    "SGDR: stochastic gradient descent with warm restarts", ICLR 2017 (T₀ = 10 epochs, m = 2).
+    Cycle i lasts T₀·mⁱ steps and anneals from 1 to ``final_factor``, T₀ = ``first_cycle_epochs`` × steps per epoch,
+    m = ``cycle_mult``; as torch's CosineAnnealingWarmRestarts stepped every step. Past total_steps the factor stays
+    put (no restart after the run). Loshchilov & Hutter, "SGDR: stochastic gradient descent with warm restarts",
+    ICLR 2017 (T₀ = 10 epochs, m = 2).
     """
 
     first_cycle_epochs: int = Field(10, ge=1)
@@ -145,11 +146,12 @@ class CosineRestarts(Schedule):
 
 @SCHEDULES.register("one_cycle")
 class OneCycle(Schedule):
-    """One-cycle: cosine up from 1/``div_factor`` to 1 over ``pct_start`` of the run, then down to the minimum.
+    """One-cycle: the lr rises to the peak, then anneals far below its start.
 
-    The minimum is 1/(div_factor·final_div_factor), reached at the last step. As torch's OneCycleLR with
-    anneal_strategy='cos', cycle_momentum=False and max_lr = the optimizer's lr. Smith & Topin,
-    "Super-convergence: very fast training of neural networks using large learning rates", 2018.
+    Cosine up from 1/``div_factor`` to 1 over ``pct_start`` of the run, then down to 1/(div_factor·
+    final_div_factor) at the last step; as torch's OneCycleLR with anneal_strategy='cos', cycle_momentum=False and
+    max_lr = the optimizer's lr. Smith & Topin, "Super-convergence: very fast training of neural networks using
+    large learning rates", 2018.
     """
 
     pct_start: float = Field(0.3, gt=0, lt=1)
@@ -180,11 +182,12 @@ def _anneal(start: float, end: float, pct: float) -> float:
 
 @SCHEDULES.register("plateau")
 class Plateau(Schedule):
-    """Reduce on plateau: multiply the lr by gamma when ``monitor`` has not improved for ``patience_epochs`` epochs.
+    """Reduce on plateau: cut the lr by ``gamma`` when the monitored metric stops improving.
 
-    Improvement is relative: below best·(1 − threshold) in mode 'min', above best·(1 + threshold) in mode 'max'.
-    The lr never goes below ``min_factor`` × the base lr. Runs torch's ReduceLROnPlateau once per epoch, after
-    warmup. ``factor`` and ``preview`` know no metric, so they show the warmup and then a constant.
+    The cut comes after ``patience_epochs`` epochs without improvement of ``monitor``; improvement is relative:
+    below best·(1 − threshold) in mode 'min', above best·(1 + threshold) in mode 'max'. The lr never goes below
+    ``min_factor`` × the base lr. Runs torch's ReduceLROnPlateau once per epoch, after warmup. ``factor`` and
+    ``preview`` know no metric, so they show the warmup and then a constant.
     """
 
     monitor: str = "val_loss"

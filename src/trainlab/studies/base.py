@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -119,6 +120,11 @@ class StudyOutcome:
     runtime_s: float = 0.0
     runs_trained: int = 0
     runs_cached: int = 0
+
+    def __post_init__(self) -> None:
+        # The name becomes a file name (<name>.html, outcomes/<name>.json), so it must be a plain identifier.
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"A study name must be lower snake_case (letters, digits, '_'). Got {self.name!r} instead.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -52,27 +52,41 @@ class InitBudget(Budget):
     layers: int = 10  # forward stack depth
     width: int = 100
     samples: int = 1000  # rows of standard-normal input
+    networks: int = 10  # random networks per seed: a seed's statistics average over them
     train_depth: int = 6  # hidden layers of the trained MLP
 
 
 def forward_stats(activation: str, init: str, seed: int, budget: InitBudget) -> dict[str, Any]:
-    """Per-layer statistics of one randomly initialized stack on N(0, 1) input (weights and input from ``seed``)."""
+    """Per-layer statistics of randomly initialized stacks on N(0, 1) input, averaged over ``budget.networks``
+    networks drawn from ``seed`` (the histogram is the first network's)."""
     generator = torch.Generator().manual_seed(seed)
-    model = MLP(depth=budget.layers, width=budget.width, activation=activation, init=INITS[init]).build(
-        (budget.width,), 1, generator)
-    x = torch.randn(budget.samples, budget.width, generator=generator)
-    layers = list(probe_forward(model, x).values())
-    ends = list(probe_forward(model, x, margin=ENDS).values())
+    spec = MLP(depth=budget.layers, width=budget.width, activation=activation, init=INITS[init])
+    rows = []
+    for _ in range(budget.networks):
+        model = spec.build((budget.width,), 1, generator)
+        x = torch.randn(budget.samples, budget.width, generator=generator)
+        rows.append(list(probe_forward(model, x).values()))
+    first = rows[0]
     nan = float("nan")
+
+    def average(stat: Any) -> np.ndarray:
+        return np.mean([[stat(s) for s in layers] for layers in rows], axis=0)
+
     return {
-        "std": np.array([s.std for s in layers]),
-        "mean": np.array([s.mean for s in layers]),
-        "saturated": np.array([nan if s.saturated is None else s.saturated for s in layers]),
-        "ends": np.array([nan if s.saturated is None else s.saturated for s in ends]),
-        "dead": np.array([nan if s.dead_fraction is None else s.dead_fraction for s in layers]),
-        "hist": np.stack([s.hist for s in layers]),
-        "hist_range": np.array([s.hist_range for s in layers]),
+        "std": average(lambda s: s.std),
+        "mean": average(lambda s: s.mean),
+        "saturated": average(lambda s: nan if s.saturated is None else s.saturated),
+        "ends": average(lambda s: ends_share(s.hist) if activation in RANGES else nan),
+        "dead": average(lambda s: nan if s.dead_fraction is None else s.dead_fraction),
+        "hist": np.stack([s.hist for s in first]),
+        "hist_range": np.array([s.hist_range for s in first]),
     }
+
+
+def ends_share(hist: np.ndarray) -> float:
+    """Share of the values in the outer ``ENDS`` of a histogram spanning a bounded activation's output range."""
+    k = round(ENDS * len(hist))
+    return float((hist[:k].sum() + hist[-k:].sum()) / hist.sum())
 
 
 class SymmetryProbe(Callback):
@@ -179,7 +193,7 @@ class InitActivations(Study):
     question = ("How does the weight initialization shape the activations of every layer of a deep network "
                 "(sigmoid, tanh, ReLU), and does it change what the network learns?")
     order = 1
-    smoke = InitBudget(seeds=2, epochs=1, train_size=300, layers=6, samples=200, train_depth=3)
+    smoke = InitBudget(seeds=2, epochs=1, train_size=300, layers=6, samples=200, networks=2, train_depth=3)
     quick = InitBudget(seeds=3, epochs=8)
     full = InitBudget(seeds=5, epochs=30)
     claims = CLAIMS
@@ -198,7 +212,8 @@ class InitActivations(Study):
                     forward[act][init] = []
                     for seed in ctx.seeds:
                         params = {"activation": act, "init": INITS[init], "seed": seed, "layers": b.layers,
-                                  "width": b.width, "samples": b.samples, "version": FORWARD_VERSION}
+                                  "width": b.width, "samples": b.samples, "networks": b.networks,
+                                  "version": FORWARD_VERSION}
                         forward[act][init].append(
                             ctx.cached("forward", params, lambda a=act, i=init, s=seed: forward_stats(a, i, s, b)))
                         advance()

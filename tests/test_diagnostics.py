@@ -1,0 +1,314 @@
+"""Diagnostics: probe statistics against hand computations, the callback against a manual loop, the record's
+round trip, the rules on synthetic records, and the report's table and page."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+
+from trainlab.callbacks import Callback
+from trainlab.data import Data
+from trainlab.diagnostics import (
+    LAYER_FIELDS,
+    PARAM_FIELDS,
+    SATURATION_MARGIN,
+    SYMMETRY_TOL,
+    Diagnostics,
+    DiagnosisReport,
+    DiagnosticsRecord,
+    Finding,
+    diagnose,
+    find_problems,
+    probe_forward,
+)
+from trainlab.diagnostics_figures import plot_activation_histograms, record_figures
+from trainlab.trainer import Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models run fastest, and steadiest on a shared machine, on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- probes ---------------------------------------------------------------------------------------------------------
+
+def test_probe_forward_matches_hand_computation():
+    lin = nn.Linear(3, 4)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[4.0, 0, 0], [0, 1, 0], [0, 0, -1], [-9, -9, -9]]))
+        lin.bias.zero_()
+    model = nn.Sequential(lin, nn.Sigmoid())
+    x = torch.tensor([[1.0, 0.5, -0.5], [2.0, -1.0, 0.5]])
+    stats = probe_forward(model, x, bins=4)
+    assert list(stats) == ["1"]
+    s = stats["1"]
+    y = torch.sigmoid(x @ lin.weight.T).detach().numpy()
+    assert s.kind == "Sigmoid" and s.units == 4 and s.dead is None
+    assert s.mean == pytest.approx(y.mean(), rel=1e-6)
+    assert s.std == pytest.approx(y.std(), rel=1e-5)
+    near = (y <= SATURATION_MARGIN) | (y >= 1 - SATURATION_MARGIN)
+    assert s.saturated == pytest.approx(near.mean())
+    assert s.hist_range == (0.0, 1.0)
+    np.testing.assert_array_equal(s.hist, np.histogram(y, bins=4, range=(0, 1))[0])
+
+
+def test_unbounded_histogram_spans_the_batch_and_counts_every_value():
+    model = nn.Sequential(nn.Linear(5, 7), nn.GELU())
+    x = torch.randn(11, 5, generator=torch.Generator().manual_seed(0))
+    s = probe_forward(model, x, bins=6)["1"]
+    y = model(x).detach().numpy()
+    assert s.saturated is None and s.dead is None
+    assert s.hist_range[0] == pytest.approx(y.min()) and s.hist_range[1] == pytest.approx(y.max())
+    assert s.hist.sum() == y.size
+    np.testing.assert_array_equal(s.hist, np.histogram(y, bins=6, range=(y.min(), y.max()))[0])
+
+
+def test_dead_units_are_counted_per_unit_not_per_value():
+    lin = nn.Linear(2, 3)
+    with torch.no_grad():
+        # unit 0: always negative (dead); unit 1: positive for one sample only (alive); unit 2: always positive.
+        lin.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]))
+        lin.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [-2.0, 0.0]])
+    s = probe_forward(nn.Sequential(lin, nn.ReLU()), x)["1"]
+    assert (s.dead, s.units) == (1, 3)
+    assert s.dead_fraction == pytest.approx(1 / 3)
+
+
+def test_dead_channels_of_a_conv_output_need_zero_at_every_position():
+    conv = nn.Conv1d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[1.0]], [[0.0]]]))
+        conv.bias.copy_(torch.tensor([0.0, -1.0]))
+    x = torch.tensor([[[-1.0, -2.0, 3.0]], [[-1.0, -1.0, -1.0]]])  # channel 0 is positive at one position only
+    s = probe_forward(nn.Sequential(conv, nn.ReLU()), x)["1"]
+    assert (s.dead, s.units) == (1, 2)
+
+
+def test_a_reused_module_and_a_model_without_activation_modules():
+    act = nn.Tanh()
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.act = nn.Linear(3, 3), nn.Linear(3, 2), act
+
+        def forward(self, x):
+            return self.b(self.act(self.act(self.a(x))))
+
+    assert list(probe_forward(Twice(), torch.randn(4, 3))) == ["act", "act#2"]
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    stats = probe_forward(Functional(), torch.randn(4, 3))
+    assert list(stats) == ["a", "b"] and stats["a"].kind == "Linear" and stats["a"].units == 5
+
+
+def test_probe_forward_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="'bins'"):
+        probe_forward(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), torch.randn(3, 2), bins=1)
+    with pytest.raises(ValueError, match="nothing to probe"):
+        probe_forward(nn.Sequential(nn.Flatten()), torch.randn(3, 2))
+
+
+# --- the callback ---------------------------------------------------------------------------------------------------
+
+def _data(n: int = 48, seed: int = 0) -> Data:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return Data(x, y, x[:8], y[:8], x[:0], y[:0], "classification", 2)
+
+
+class _WeightLog(Callback):
+    """Keeps each step's weights before and after the optimizer step, and the gradients."""
+
+    def __init__(self):
+        self.before, self.after, self.grads = [], [], []
+
+    def on_step_start(self, trainer):
+        self.before.append([p.detach().clone() for p in trainer.model.parameters()])
+
+    def after_backward(self, trainer):
+        self.grads.append([p.grad.detach().clone() for p in trainer.model.parameters()])
+
+    def on_step_end(self, trainer):
+        self.after.append([p.detach().clone() for p in trainer.model.parameters()])
+
+
+def test_callback_samples_every_n_steps_and_matches_a_manual_computation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    log, probes = _WeightLog(), Diagnostics(every=3)
+    trainer = Trainer(model, _data(), torch.optim.SGD(model.parameters(), lr=0.1), callbacks=[log, probes],
+                      epochs=2, batch_size=8)
+    trainer.fit()
+    r = probes.record()
+    assert trainer.step == 12
+    assert r.steps.tolist() == [0, 3, 6, 9]
+    assert r.loss_steps.tolist() == list(range(12)) and np.isfinite(r.losses).all()
+    assert r.params == ["0.weight", "0.bias", "2.weight", "2.bias"] and r.layers == ["1"]
+    assert r.layer_stats.shape == (4, 1, len(LAYER_FIELDS)) and r.param_stats.shape == (4, 4, len(PARAM_FIELDS))
+    for i, step in enumerate(r.steps):
+        for j, name in enumerate(r.params):
+            w0, w1, g = log.before[step][j], log.after[step][j], log.grads[step][j]
+            assert r.param(name, "grad_norm")[i] == pytest.approx(g.norm().item(), rel=1e-5)
+            assert r.param(name, "grad_std")[i] == pytest.approx(g.std(correction=0).item(), rel=1e-4, abs=1e-7)
+            assert r.param(name, "weight_norm")[i] == pytest.approx(w1.norm().item(), rel=1e-5)
+            assert r.param(name, "update_ratio")[i] == pytest.approx(((w1 - w0).norm() / w0.norm()).item(), rel=1e-4)
+    assert np.isnan(r.param("0.bias", "row_spread")).all()
+    assert len(r.history) == 2 and r.history[-1]["epoch"] == 2
+    assert r.meta["task"] == "classification" and r.meta["num_classes"] == 2 and r.meta["probed"] == "activations"
+    assert r.input_scales.shape == (4,)
+
+
+def test_record_round_trips_through_npz_and_json(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    probes = Diagnostics(every=2, out_dir=tmp_path)
+    Trainer(model, _data(), torch.optim.Adam(model.parameters()), callbacks=[probes], epochs=1, batch_size=8).fit()
+    loaded = DiagnosticsRecord.load(tmp_path)
+    r = probes.record()
+    for key in ("steps", "layer_stats", "hists", "hist_ranges", "param_stats", "losses", "input_scales"):
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(r, key))
+    assert (loaded.layers, loaded.params, loaded.param_shapes) == (r.layers, r.params, r.param_shapes)
+    assert loaded.history == r.history and loaded.meta == r.meta
+    assert loaded.stats_at(2)["1"].saturated == r.stats_at(2)["1"].saturated
+    with pytest.raises(ValueError, match="not sampled"):
+        r.stats_at(1)
+    with pytest.raises(ValueError, match="No diagnostics record"):
+        DiagnosticsRecord.load(tmp_path / "missing")
+
+
+def test_zero_init_rows_stay_identical_and_are_found():
+    model = nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 2))
+    for p in model.parameters():
+        nn.init.zeros_(p)
+    report = diagnose(model, (torch.randn(40, 4), torch.randint(0, 2, (40,))), steps=20, batch_size=8)
+    assert report.top.code == "symmetric_units" and report.top.layer == "0.weight"
+    assert report.record.param("0.weight", "row_spread").max() < SYMMETRY_TOL
+
+
+def test_diagnostics_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="'every'"):
+        Diagnostics(every=0)
+    with pytest.raises(ValueError, match="'margin'"):
+        Diagnostics(margin=0.7)
+
+
+def test_tensorboard_export_needs_tensorboard(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModuleNotFoundError, match="pip install tensorboard"):
+            Diagnostics(tensorboard_dir=tmp_path)
+        return
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    Trainer(model, _data(), torch.optim.Adam(model.parameters()), callbacks=[Diagnostics(2, tensorboard_dir=tmp_path)],
+            epochs=1, batch_size=8).fit()
+    assert any(tmp_path.iterdir())
+
+
+# --- rules on synthetic records -------------------------------------------------------------------------------------
+
+def _record(losses=(), history=(), scales=(1.0,), num_classes=10) -> DiagnosticsRecord:
+    n = len(losses)
+    return DiagnosticsRecord(
+        layers=[], layer_kinds=[], params=[], param_shapes=[], steps=np.zeros(0, dtype=np.int64),
+        layer_stats=np.zeros((0, 0, len(LAYER_FIELDS))), hists=np.zeros((0, 0, 4)), hist_ranges=np.zeros((0, 0, 2)),
+        param_stats=np.zeros((0, 0, len(PARAM_FIELDS))), loss_steps=np.arange(n), losses=np.asarray(losses, float),
+        input_scales=np.asarray(scales, float), history=list(history),
+        meta={"task": "classification", "num_classes": num_classes})
+
+
+def _codes(record: DiagnosticsRecord) -> list[str]:
+    return [f.code for f in find_problems(record)]
+
+
+def test_loss_rules():
+    t = np.arange(200)
+    assert _codes(_record(2.3 * np.exp(-t / 50))) == []
+    assert _codes(_record(2.3 - 0.0003 * t)) == ["lr_too_low"]
+    assert _codes(_record(2.3 * np.exp(-t / 20) + 0.02 * np.maximum(t - 100, 0))) == ["lr_too_high"]
+    assert _codes(_record(2.3 * np.exp(t / 50))) == ["divergence"]
+    nan = _record(np.where(t < 120, 2.0, np.nan))
+    assert _codes(nan) == ["divergence"] and find_problems(nan)[0].step == 120
+
+
+def _epochs(train, val):
+    return [{"epoch": i + 1, "step": 10 * (i + 1), "train_loss": a, "val_loss": b}
+            for i, (a, b) in enumerate(zip(train, val))]
+
+
+def test_overfitting_and_underfitting_rules():
+    falling = 2.3 * np.exp(-np.arange(200) / 40)
+    overfit = _epochs([1.0, 0.5, 0.3, 0.2, 0.1, 0.05], [1.0, 0.7, 0.6, 0.65, 0.75, 0.9])
+    found = find_problems(_record(falling, overfit))
+    assert [f.code for f in found] == ["overfitting"] and found[0].step == 30
+    healthy = _epochs([1.0, 0.5, 0.3, 0.2, 0.1, 0.05], [1.0, 0.6, 0.5, 0.45, 0.44, 0.44])
+    assert _codes(_record(falling, healthy)) == []
+    plateau = _epochs([2.0, 1.9, 1.8, 1.8, 1.8, 1.8], [2.0, 1.9, 1.8, 1.8, 1.8, 1.8])
+    assert _codes(_record(2.3 - 0.5 * (1 - np.exp(-np.arange(200) / 20)), plateau)) == ["underfitting"]
+
+
+def test_unscaled_inputs_and_sorting_by_severity():
+    t = np.arange(200)
+    assert _codes(_record(2.3 * np.exp(-t / 50), scales=[1.0, 0.5, 20.0])) == ["unscaled_inputs"]
+    found = find_problems(_record(2.3 - 0.0003 * t, scales=[1.0, 500.0]))
+    assert [(f.code, f.severity) for f in found] == [("unscaled_inputs", "error"), ("lr_too_low", "warning")]
+
+
+# --- report ---------------------------------------------------------------------------------------------------------
+
+def test_report_renders_a_table_and_an_escaped_self_contained_page(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    report = diagnose(model, _data(64), steps=24, batch_size=8)
+    report.findings.insert(0, Finding("divergence", "<script>alert(1)</script>", 3, "error", "a < b & c", "lower lr"))
+    console = Console(record=True, width=160)
+    report.render(console)
+    text = console.export_text()
+    assert "divergence" in text and "lower lr" in text
+    page = report.write_html(tmp_path / "doctor.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "a &lt; b &amp; c" in page
+    assert page.count("data:image/png;base64,") == len(record_figures(report.record)) == 5
+    assert "src='http" not in page
+    empty = DiagnosisReport([], report.record)
+    console = Console(record=True, width=120)
+    empty.render(console)
+    assert "No problems found" in console.export_text()
+
+
+def test_probe_histogram_figure_has_one_panel_per_layer():
+    model = nn.Sequential(*(m for _ in range(5) for m in (nn.Linear(100, 100), nn.Sigmoid())))
+    stats = probe_forward(model, torch.randn(256, 100, generator=torch.Generator().manual_seed(0)))
+    fig = plot_activation_histograms({"N(0,1) input": stats})
+    assert sum(ax.has_data() for ax in fig.axes) == 5
+
+
+def test_diagnose_takes_arrays_and_rejects_other_data():
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    report = diagnose(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)), (x, x[:, :1] * 2), steps=12,
+                      batch_size=8)
+    assert report.record.meta["task"] == "regression" and len(report.record.losses) == 12
+    with pytest.raises(TypeError, match="'data' argument"):
+        diagnose(nn.Linear(3, 1), [x, x])
+    with pytest.raises(ValueError, match="'steps'"):
+        diagnose(nn.Linear(3, 1), (x, x), steps=0)
+    assert math.isfinite(report.final["train_loss"])
