@@ -24,6 +24,12 @@ def test_override_swapping_a_component_keeps_shared_fields(tiny):
     assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.01
 
 
+def test_override_reaches_into_lists(tiny):
+    tiny["data"]["augment"] = [{"name": "shift", "max_shift": 2}]
+    cfg = load_config(tiny, ["data.augment.0.max_shift=5"])
+    assert cfg.data.augment[0].max_shift == 5
+
+
 def test_override_creates_an_optional_section(tiny):
     cfg = load_config(tiny, ["early_stopping.patience=3"])
     assert cfg.early_stopping.patience == 3

@@ -52,6 +52,17 @@ def test_cnn_without_pooling_keeps_the_length():
     assert model(torch.randn(5, 3)).shape == (5, 2)
 
 
+@pytest.mark.parametrize("cls,shape", [(CNN1d, (2, 16)), (CNN2d, (2, 8, 8))])
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_global_pool_is_one_value_per_feature_map_and_ignores_position(cls, shape, kind):
+    model = cls(channels=[4, 6], kernel_size=3, pool="none", head=[], global_pool=kind).build(shape, 3, gen()).eval()
+    assert model.head.out.in_features == 6
+    x = torch.zeros(1, *shape)
+    x[..., 3] = 1.0  # a single spike: moving it away from the edges moves the features, not their pooled values
+    moved = torch.roll(x, 1, dims=-1)
+    torch.testing.assert_close(model(x), model(moved))
+
+
 def test_module_names():
     names = set(dict(MLP(depth=2, width=8, norm="batch", dropout=0.1).build((5,), 2).named_modules()))
     assert {"flatten", "blocks.0.linear", "blocks.0.norm", "blocks.0.act", "blocks.0.dropout", "blocks.1.linear",
@@ -301,7 +312,7 @@ def test_bad_value_cases_cover_the_constrained_fields():
     expected |= {(m, f) for m in ("mlp", "cnn1d", "cnn2d") for f in ("activation", "init", "norm", "norm_position",
                                                                     "dropout", "dropout_mode")}
     expected |= {(m, f) for m in ("cnn1d", "cnn2d") for f in ("channels", "kernel_size", "pool", "head",
-                                                              "conv_dropout")}
+                                                              "conv_dropout", "global_pool")}
     assert covered == expected
 
 

@@ -114,7 +114,7 @@ def apply_overrides(resolved: Mapping[str, Any], overrides: Mapping[str, Any]) -
                 else:
                     node[key] = value
             else:
-                if node.get(key) is None:
+                if node[key] is None:
                     node[key] = {}
                     created.add(id(node[key]))
                 node = node[key]

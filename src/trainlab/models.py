@@ -5,6 +5,7 @@ module names read the same in every model (diagnostics key their per-layer stati
 
     to_channels            (CNNs given an input without a channel dimension: (L,) -> (1, L), (H, W) -> (1, H, W))
     conv_blocks.{i}.conv   (CNNs) then .norm / .act in the configured order, then .pool, .dropout
+    global_pool            (CNNs with global_pool avg|max: one value per feature map)
     flatten
     blocks.{i}.linear      dense hidden block i, then .norm / .act in the configured order, then .dropout
     head.out               the output linear layer (logits or regression outputs, no activation)
@@ -173,6 +174,7 @@ class _CNN(ModelSpec):
     pool: Literal["max", "avg", "none"] = "max"
     head: list[PositiveInt] = Field(default_factory=lambda: [128])
     conv_dropout: float = Field(0.0, ge=0, lt=1)
+    global_pool: Literal["none", "avg", "max"] = "none"
 
     def _layers(self, input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
         nd = self.spatial_dims
@@ -205,8 +207,16 @@ class _CNN(ModelSpec):
             layer = conv(in_channels, out_channels, self.kernel_size, padding="same", bias=self._bias())
             blocks.append(self._block("conv", layer, norm, tail))
             in_channels = out_channels
-        parts += [("conv_blocks", nn.Sequential(*blocks)), ("flatten", nn.Flatten())]
-        flat = self.channels[-1] * math.prod(s // 2 ** halvings for s in spatial)
+        parts.append(("conv_blocks", nn.Sequential(*blocks)))
+        if self.global_pool != "none":
+            # One value per feature map: the head sees what was found, not where (translation invariance).
+            adaptive = {"avg": {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d},
+                        "max": {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d}}[self.global_pool][nd]
+            parts.append(("global_pool", adaptive(1)))
+            flat = self.channels[-1]
+        else:
+            flat = self.channels[-1] * math.prod(s // 2 ** halvings for s in spatial)
+        parts.append(("flatten", nn.Flatten()))
         return nn.Sequential(OrderedDict(parts + self._dense(flat, list(self.head), num_outputs)))
 
 
@@ -214,8 +224,9 @@ class _CNN(ModelSpec):
 class CNN1d(_CNN):
     """1-D convolutional net: conv blocks ('same' padding, pooling by 2) then a dense head; input (L,) or (C, L).
 
-    Each block: Conv1d -> norm/act -> pool -> dropout (``conv_dropout``); ``head`` lists the dense hidden widths
-    after flattening. Norm "batch" is BatchNorm per feature map, "layer" GroupNorm(1, C) on conv blocks and
+    Each block: Conv1d -> norm/act -> pool -> dropout (``conv_dropout``); ``global_pool`` (avg or max) reduces each
+    feature map to one value (Lin et al. 2014, "Network in network"); ``head`` lists the dense hidden widths after
+    flattening. Norm "batch" is BatchNorm per feature map, "layer" GroupNorm(1, C) on conv blocks and
     LayerNorm on dense ones. (LeCun et al., "Gradient-based learning applied to document recognition", 1998.)
     """
 
