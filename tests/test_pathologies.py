@@ -46,7 +46,7 @@ SICK = {
     "tiny_init": ({"data": DIGITS, "model": mlp(6, 100, "tanh", {"name": "normal", "std": 0.01}),
                    "optimizer": {"name": "sgd", "lr": 0.05}}, 300, "activation_collapse"),
     "huge_lr": ({"data": DIGITS, "model": mlp(3, 64), "optimizer": {"name": "sgd", "lr": 20.0}}, 300, "divergence"),
-    "tiny_lr": ({"data": DIGITS, "model": mlp(3, 64), "optimizer": {"name": "adamw", "lr": 1e-6}}, 300, "lr_too_low"),
+    "tiny_lr": ({"data": DIGITS, "model": mlp(3, 64), "optimizer": {"name": "adamw", "lr": 1e-7}}, 300, "lr_too_low"),
     # N(0, 1) weights with ReLU grow the signal by ~sqrt(100 / 2) per layer: 8 layers reach ~1e7.
     "relu_normal_init": ({"data": DIGITS, "model": mlp(8, 100, "relu", {"name": "normal", "std": 1.0}),
                           "optimizer": {"name": "sgd", "lr": 0.01}}, 300, "exploding_gradients"),

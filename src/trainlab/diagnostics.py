@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,9 +40,10 @@ HIST_BINS = 40
 # Within 2% of the output range of a bound, sigmoid's derivative is below 0.02 (8% of its peak): the unit barely
 # passes gradient any more.
 SATURATION_MARGIN = 0.02
-# A sampled step costs roughly two to three plain steps (hooks, histograms, a weight snapshot); one in 50 keeps the
-# overhead near 2-4% (bench/bench_probes.py measures it).
-DEFAULT_EVERY = 50
+# A sampled step costs one to three extra plain steps of a small MLP (hooks, histograms, a weight snapshot; less for
+# bigger models); one in 100 keeps the overhead at 1-3% (bench/bench_probes.py measures it). A 10k-step run still
+# gets 100 samples; doctor and diagnose sample ~50 times whatever their length.
+DEFAULT_EVERY = 100
 
 ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU,
                                                    nn.GELU, nn.SELU, nn.SiLU)
@@ -397,7 +398,7 @@ class Diagnostics(Callback):
         layers: list[str] = []
         for s in samples:
             layers += [k for k in s["layers"] if k not in layers]
-        kinds = {k: v for k, v in (self._probe.kinds.items() if self._probe else ())}
+        kinds = dict(self._probe.kinds) if self._probe else {}
         n_s, n_l, bins = len(samples), len(layers), self.bins
         layer_stats = np.full((n_s, n_l, len(LAYER_FIELDS)), np.nan, dtype=np.float32)
         hists = np.zeros((n_s, n_l, bins), dtype=np.float32)
@@ -487,13 +488,17 @@ NARROW_STD = 0.02
 # Rows of a weight matrix closer than this (relative to its largest entry) are identical up to float32 rounding,
 # which lets rows that started equal drift apart by ~1e-7 per hundred steps; random inits differ by O(1).
 SYMMETRY_TOL = 1e-4
-# Smoothed loss at the end this many times the start: the run diverged.
-DIVERGE_FACTOR = 1.5
+# Smoothed loss at the end this many times the loss of the first steps, or any step's loss this many times the first
+# one: the run diverged (a healthy run never ends above its start, and minibatch noise stays within ~2x).
+DIVERGE_FACTOR = 1.3
+SPIKE_FACTOR = 10.0
 # The loss ends this much above its start, or climbs back this share of what it had gained: lr too high.
 RISE_FACTOR = 1.05
 REBOUND_SHARE = 0.5
 # Relative decrease of the smoothed loss over the whole run below this: the loss is flat.
 FLAT_DECREASE = 0.05
+# Update-to-weight ratios are ~1e-3 per step in healthy training (Karpathy, CS231n); 10x below, steps are tiny.
+SMALL_UPDATE_RATIO = 1e-4
 # Validation loss this much above its minimum, with the minimum at least two epochs back: overfitting.
 OVERFIT_RISE = 0.1
 # Final training loss above this share of the chance-level loss (ln C, or the initial loss for regression),
@@ -543,10 +548,15 @@ def _loss_findings(r: DiagnosticsRecord) -> list[Finding]:
                         f"the training loss became non-finite ({losses[bad[0]]}) at step {step}",
                         "lower lr (e.g. 10x); add warmup (schedule: warmup) or grad_clip; standardize inputs")]
     chunks = _chunks(losses)
+    # ``head`` is the first few steps (a run may converge within its first chunk), noisy; ``start`` the first chunk.
+    head = float(np.median(losses[:max(3, len(losses) // 50)]))
     start, end, low = chunks[0], chunks[-1], chunks.min()
-    if end > DIVERGE_FACTOR * start:
-        return [Finding("divergence", None, int(steps[-1]), "error",
-                        f"the smoothed training loss grew from {_fmt(start)} to {_fmt(end)}",
+    spike = int(np.argmax(losses))
+    if losses[spike] > SPIKE_FACTOR * losses[0] or end > DIVERGE_FACTOR * head:
+        evidence = (f"the training loss spiked from {_fmt(losses[0])} at step {int(steps[0])} to "
+                    f"{_fmt(losses[spike])} at step {int(steps[spike])}" if losses[spike] > SPIKE_FACTOR * losses[0]
+                    else f"the smoothed training loss grew from {_fmt(head)} to {_fmt(end)}")
+        return [Finding("divergence", None, int(steps[spike]), "error", evidence,
                         "lower lr (e.g. 10x); add warmup (schedule: warmup) or grad_clip")]
     gained = start - low > FLAT_DECREASE * abs(start)
     if len(chunks) >= 3 and (end > RISE_FACTOR * start or (gained and end - low > REBOUND_SHARE * (start - low))):
@@ -554,10 +564,17 @@ def _loss_findings(r: DiagnosticsRecord) -> list[Finding]:
                         f"the smoothed training loss went {_fmt(start)} -> min {_fmt(low)} -> {_fmt(end)}: it "
                         f"climbs back up instead of settling",
                         "lower lr (3-10x), or decay it (schedule: cosine); batch norm tolerates larger rates")]
-    if start - end < FLAT_DECREASE * abs(start):
+    # Flat from the first chunk on, and not merely converged within it: the first steps were not much higher either.
+    early = float(np.median(losses[:max(3, len(losses) // 20)]))
+    # A flat loss with sizeable updates is a model that cannot fit (underfitting), not a step that is too small.
+    weights = [r.params.index(n) for n in r.weight_params]
+    update = _median(r.param_stats[:, weights, PARAM_FIELDS.index("update_ratio")].ravel()) if weights else math.nan
+    if (start - end < FLAT_DECREASE * abs(start) and early - end < 2 * FLAT_DECREASE * abs(early)
+            and not update >= SMALL_UPDATE_RATIO):
+        moved = "" if math.isnan(update) else f"; each step moves the weights by {_fmt(update)} of their norm"
         return [Finding("lr_too_low", None, int(steps[-1]), "warning",
                         f"the smoothed training loss only moved from {_fmt(start)} to {_fmt(end)} "
-                        f"({_fmt(100 * (start - end) / abs(start))}%) in {len(losses)} steps",
+                        f"({_fmt(100 * (start - end) / abs(start))}%) in {len(losses)} steps{moved}",
                         "raise lr (e.g. 10x; an LR range test finds the scale); adam/adamw adapt to the scale")]
     return []
 
@@ -576,7 +593,8 @@ def _epoch_findings(r: DiagnosticsRecord) -> list[Finding]:
                 f"validation loss rose from {_fmt(val[best]['val_loss'])} (epoch {val[best]['epoch']}) to "
                 f"{_fmt(last['val_loss'])} while training loss fell from {_fmt(val[best]['train_loss'])} to "
                 f"{_fmt(last['train_loss'])}",
-                "early stopping (restore_best); l2 / weight decay or dropout; augmentation or more data; a smaller net"))
+                "early stopping (restore_best); l2 / weight decay or dropout; augmentation or more data; "
+                "a smaller net"))
     losses = r.losses[np.isfinite(r.losses)]
     if len(rows) >= 3 and len(losses) >= 10:
         classes = r.meta.get("num_classes")
@@ -640,7 +658,8 @@ def _symmetry_findings(r: DiagnosticsRecord) -> list[Finding]:
                 f"all {r.param_shapes[r.params.index(name)][0]} rows of {name} are identical (relative spread "
                 f"{_fmt(spread)}, median over sampled steps): its units compute the same function and get the same "
                 f"gradient, so they never differ",
-                "random init that breaks symmetry: he_normal (relu) or xavier_normal (tanh/sigmoid), not zeros/constant"))
+                "random init that breaks symmetry: he_normal (relu) or xavier_normal (tanh/sigmoid), "
+                "not zeros/constant"))
     return findings[:1]
 
 
@@ -867,7 +886,8 @@ def doctor(config: Any, steps: int | None = None, *, every: int | None = None,
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"The 'steps' parameter of doctor must be an int >= 1. Got {steps!r} instead.")
-        config = load_config(config, {"epochs": max(1, math.ceil(steps / data.steps_per_epoch(config.data.batch_size)))})
+        per_epoch = data.steps_per_epoch(config.data.batch_size)
+        config = load_config(config, {"epochs": max(1, math.ceil(steps / per_epoch))})
     total = config.epochs * data.steps_per_epoch(config.data.batch_size)
     probes = Diagnostics(every if every is not None else _sampling_interval(total), out_dir=out_dir,
                          tensorboard_dir=tensorboard_dir)

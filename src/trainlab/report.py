@@ -148,8 +148,8 @@ a{color:#0969da}.muted{color:#57606a;font-size:.9rem}
 .badge{display:inline-block;padding:.05rem .55rem;border-radius:1rem;color:#fff;font-size:.8rem;font-weight:600;
 text-transform:uppercase;letter-spacing:.03em;white-space:nowrap}
 .claim{border:1px solid #d0d7de;border-radius:6px;padding:.7rem .9rem;margin:.7rem 0}
-.claim p{margin:.3rem 0}.numbers{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem;color:#57606a;
-overflow-wrap:anywhere}
+.claim p{margin:.3rem 0}.evidence{white-space:pre-line}
+.numbers{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem;color:#57606a;overflow-wrap:anywhere}
 figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
 figcaption{color:#57606a;font-size:.9rem}
 .table-wrap{overflow-x:auto}
@@ -205,7 +205,8 @@ def _table(title: str, header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> 
 def _claim_block(claim: Any) -> str:
     numbers = ", ".join(f"{esc(k)} = {esc(fmt(v))}" for k, v in claim.numbers.items())
     return (f'<div class="claim" id="{esc(claim.key)}"><p>{badge(claim.verdict)} <strong>{esc(claim.text)}</strong></p>'
-            f"<p>{esc(claim.evidence)}</p>" + (f'<p class="numbers">{numbers}</p>' if numbers else "") + "</div>")
+            f'<p class="evidence">{esc(claim.evidence)}</p>'
+            + (f'<p class="numbers">{numbers}</p>' if numbers else "") + "</div>")
 
 
 def study_page(outcome: StudyOutcome, out_dir: Path) -> str:
@@ -227,7 +228,7 @@ def study_page(outcome: StudyOutcome, out_dir: Path) -> str:
 
 
 def index_page(outcomes: Sequence[StudyOutcome]) -> str:
-    """The HTML of the index: every claim of every study with its verdict, linking the study pages."""
+    """The HTML of the index: every claim of every study with its verdict, linking to it on its study page."""
     counts = {v: sum(c.verdict == v for o in outcomes for c in o.claims) for v in VERDICT_COLORS}
     summary = " &middot; ".join(f"{badge(v)} {n}" for v, n in counts.items())
     parts = ["<h1>trainlab studies</h1>",
@@ -238,9 +239,9 @@ def index_page(outcomes: Sequence[StudyOutcome]) -> str:
         parts.append(f'<h2><a href="{esc(page)}">{esc(o.title)}</a></h2><p class="muted">{esc(o.question)} '
                      f"({esc(o.mode)}, {len(o.seeds)} seeds)</p>")
         rows = "".join(f'<tr><td>{badge(c.verdict)}</td><td><a href="{esc(page)}#{esc(c.key)}">{esc(c.text)}</a>'
-                       f"</td><td>{esc(c.evidence)}</td></tr>" for c in o.claims)
-        parts.append('<div class="table-wrap"><table class="claims"><thead><tr><th>verdict</th><th>claim</th><th>evidence</th></tr>'
-                     f'</thead><tbody>{rows}</tbody></table></div>')
+                       "</td></tr>" for c in o.claims)
+        parts.append('<div class="table-wrap"><table class="claims"><thead><tr><th>verdict</th><th>claim</th></tr>'
+                     f"</thead><tbody>{rows}</tbody></table></div>")
     return _page("trainlab studies", "".join(parts))
 
 

@@ -2,26 +2,32 @@
 
 Each module of this package (besides ``base``) defines one ``Study`` subclass and registers it with
 ``@register_study``; importing the package imports them all, so a new study needs only its own module.
-``run_studies`` runs some or all of them and writes the HTML report; ``ablate`` is a study built from a user's config.
+``run_studies`` runs some or all of them and writes the HTML report; ``ablate`` toggles each technique of a user's
+config in turn and reports what each does.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
+
+from trainlab.config import RunConfig, load_config
 from trainlab.registry import ConfigError, suggest
 from trainlab.studies.base import (MODES, Budget, Claim, ClaimOutcome, ClaimResult, FigureRef, Mode, Study,
-                                   StudyContext, StudyOutcome, Table, finals, params_hash, series)
+                                   StudyContext, StudyOutcome, Table, compare_result, finals, params_hash,
+                                   series)
 from trainlab.store import Store
 
 __all__ = ["STUDIES", "Budget", "Claim", "ClaimOutcome", "ClaimResult", "FigureRef", "Study", "StudyContext",
-           "StudyOutcome", "Table", "finals", "make_context", "params_hash", "register_study", "run_study",
-           "run_studies", "series"]
+           "StudyOutcome", "Table", "ablate", "finals", "make_context", "params_hash", "register_study", "run_study",
+           "run_studies", "series", "toggles"]
 
 STUDIES: dict[str, Study] = {}
 
@@ -115,6 +121,92 @@ def run_studies(names: str | Sequence[str] = "all", *, mode: Mode = "quick",
                 bars.advance(overall)
     render_report(out)
     return outcomes
+
+
+def toggles(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """One variant per technique of ``config``, toggled: ``{"norm: none -> batch": {"model.norm": "batch"}, ...}``.
+
+    A technique in use is switched off (or to the plain choice); one not in use is switched on with a standard
+    setting: init auto <-> N(0, 0.01²), activation relu <-> tanh (anything else -> relu), norm none <-> batch,
+    dropout 0 <-> 0.2, regularizers none <-> l2, schedule constant <-> cosine, optimizer Adam family <-> momentum.
+    """
+    model = config.model
+    out: dict[str, dict[str, Any]] = {}
+    init = model.init.name
+    out[f"init: {init} -> {'normal' if init == 'auto' else 'auto'}"] = {
+        "model.init": {"name": "normal", "std": 0.01} if init == "auto" else "auto"}
+    act = model.activation.name
+    new_act = "tanh" if act == "relu" else "relu"
+    out[f"activation: {act} -> {new_act}"] = {"model.activation": new_act}
+    new_norm = "batch" if model.norm == "none" else "none"
+    out[f"norm: {model.norm} -> {new_norm}"] = {"model.norm": new_norm}
+    new_dropout = 0.2 if model.dropout == 0 else 0.0
+    out[f"dropout: {model.dropout:g} -> {new_dropout:g}"] = {"model.dropout": new_dropout}
+    regs = [r.name for r in config.regularizers]
+    if regs:
+        out[f"regularizers: {'+'.join(regs)} -> none"] = {"regularizers": []}
+    else:
+        out["regularizers: none -> l2"] = {"regularizers": [{"name": "l2"}]}
+    sched = config.schedule.name
+    new_sched = "cosine" if sched == "constant" else "constant"
+    out[f"schedule: {sched} -> {new_sched}"] = {"schedule": new_sched}
+    opt = config.optimizer.name
+    new_opt = {"name": "momentum", "lr": 0.01} if opt in ("adam", "adamw") else {"name": "adamw", "lr": 1e-3}
+    out[f"optimizer: {opt} -> {new_opt['name']}"] = {"optimizer": new_opt}
+    return out
+
+
+def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3, out: str | Path = "ablation",
+           progress: bool = True) -> StudyOutcome:
+    """The user's config with each technique toggled in turn (``toggles``), ranked by the change of the validation
+    metric (accuracy, or loss for regression) against the unchanged config, paired over ``seeds`` seeds.
+
+    Writes ``out/ablation.html`` (and an index) like a study; runs are cached in ``out/runs``.
+    """
+    import time
+
+    from trainlab.report import bars_figure, save_outcome, write_report
+
+    start = time.perf_counter()
+    resolved = load_config(config)
+    base = resolved.model_dump(mode="json")
+    variants = toggles(resolved)
+    budget = Budget(seeds=seeds, epochs=resolved.epochs, train_size=resolved.data.train_size)
+    ctx = StudyContext("ablation", "quick", budget, list(range(seeds)), Path(out), Store(out))
+    with _progress(progress) as bars:
+        ctx.progress = bars
+        runs = ctx.train_arms(base, {"baseline": {}, **variants})
+    first = runs["baseline"][0]
+    metric = "val_acc" if "val_acc" in first.final else "val_loss"
+    better: Literal["greater", "less"] = "greater" if metric == "val_acc" else "less"
+    baseline = finals(runs["baseline"], metric)
+    claims, deltas, rows = [], {}, []
+    for label, arm_runs in runs.items():
+        if label == "baseline":
+            continue
+        values = finals(arm_runs, metric)
+        result = compare_result(values, baseline, better, metric, (label, "baseline"))
+        key = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+        claims.append(ClaimOutcome(key, f"{label} improves {metric}.", result.verdict, result.evidence,
+                                   {k: float(v) for k, v in result.numbers.items()}))
+        deltas[label] = [v - b for v, b in zip(values, baseline)]
+        rows.append([label, float(np.mean(values)), float(np.mean(deltas[label])), result.verdict])
+    sign = 1 if better == "greater" else -1
+    order = sorted(range(len(rows)), key=lambda i: -sign * rows[i][2])
+    claims = [claims[i] for i in order]
+    rows = [rows[i] for i in order]
+    fig = bars_figure({label: deltas[label] for label, *_ in rows}, title=f"change of {metric} against the baseline",
+                      ylabel=f"{metric} (variant - baseline)")
+    figures = [ctx.figure(fig, "deltas", f"Paired change of {metric} per toggled technique: mean and 95% CI over "
+                                         f"{seeds} seeds.")]
+    table = Table(f"Baseline {metric}: {np.mean(baseline):.4g}", ["variant", metric, "change", "verdict"], rows)
+    outcome = StudyOutcome("ablation", "Ablation: which technique helps this model",
+                           "What does toggling each technique of this config do to its validation metric?",
+                           "quick", ctx.seeds, claims, figures, [table], runtime_s=time.perf_counter() - start,
+                           runs_trained=ctx.runs_trained, runs_cached=ctx.runs_cached)
+    save_outcome(outcome, ctx.out)
+    write_report([outcome], ctx.out)
+    return outcome
 
 
 @contextmanager

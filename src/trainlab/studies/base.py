@@ -124,7 +124,8 @@ class StudyOutcome:
     def __post_init__(self) -> None:
         # The name becomes a file name (<name>.html, outcomes/<name>.json), so it must be a plain identifier.
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(f"A study name must be lower snake_case (letters, digits, '_'). Got {self.name!r} instead.")
+            raise ValueError(f"A study name must be lower snake_case (letters, digits, '_'). "
+                             f"Got {self.name!r} instead.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,9 +206,9 @@ class StudyContext:
                    use_data_override: bool = True) -> dict[str, list[RunResult]]:
         """Train every arm (dotted overrides on ``base``) once per seed; ``{arm: [RunResult per seed]}``.
 
-        The run's ``seed`` is the seed; the budget's epochs and train size apply unless ``base`` or the arm sets
-        them. A run whose resolved config is already in the store is loaded, not trained, so what callbacks record
-        must go to ``trainer.extras`` (stored with the run) to survive the cache.
+        The run's ``seed`` is the seed; the budget's epochs and train size replace the base's, and an arm's
+        overrides win over both. A run whose resolved config is already in the store is loaded, not trained, so
+        what callbacks record must go to ``trainer.extras`` (stored with the run) to survive the cache.
         """
         seeds = list(self.seeds if seeds is None else seeds)
         budget = {"epochs": self.budget.epochs, "data.train_size": self.budget.train_size}
@@ -311,7 +312,7 @@ def threshold_result(values: Sequence[float], op: Literal[">", "<"], threshold: 
     ev = Evidence.threshold(what, values, op, threshold, min_n=min_n)
     s = ev.summary
     return ClaimResult(ev.verdict, f"{what}: {s.describe()}; {ev.reason}.",
-                       {f"{what} mean": s.mean, f"{what} ci_low": s.ci_low, f"{what} ci_high": s.ci_high, "n": s.n})
+                       {"mean": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n})
 
 
 def compare_result(a: Sequence[float], b: Sequence[float], direction: Literal["greater", "less"], what: str,
@@ -330,6 +331,6 @@ def joint(parts: Mapping[str, ClaimResult]) -> ClaimResult:
     verdicts = [p.verdict for p in parts.values()]
     verdict: Verdict = ("refuted" if "refuted" in verdicts else
                         "supported" if all(v == "supported" for v in verdicts) else "inconclusive")
-    evidence = " ".join(f"[{name}: {p.verdict}] {p.evidence}" for name, p in parts.items())
+    evidence = "\n".join(f"{name} ({p.verdict}): {p.evidence}" for name, p in parts.items())
     numbers = {f"{name}: {k}": v for name, p in parts.items() for k, v in p.numbers.items()}
     return ClaimResult(verdict, evidence, numbers)

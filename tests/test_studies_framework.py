@@ -1,0 +1,293 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import trainlab.store
+from trainlab.diagnostics import probe_forward
+from trainlab.models import MLP
+from trainlab.registry import ConfigError
+from trainlab.studies import STUDIES, make_context, register_study, run_studies, run_study, select
+from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
+                                   finals, joint, series, threshold_result)
+from trainlab.studies.init_activations import (INITS, InitBudget, claim_he_notes, claim_he_relu, ends_share,
+                                               forward_stats)
+from trainlab.studies.optimizers import PATH_SPECS, effective_lr, path_2d, steps_to_target
+
+BASE = {"data": {"dataset": {"name": "moons", "n_samples": 120}, "batch_size": 64}, "model": {"name": "mlp", "depth": 1,
+                                                                                            "width": 4},
+        "threads": 1}
+
+
+class FakeStudy(Study):
+    name = "fake"
+    title = "A <fake> study"
+    question = "Does a larger learning rate lower the loss after one epoch?"
+    smoke = Budget(seeds=2, epochs=1)
+    quick = Budget(seeds=3, epochs=1)
+    full = Budget(seeds=5, epochs=1)
+    arms = {"slow": {"optimizer.lr": 1e-4}, "fast": {"optimizer.lr": 0.05}}
+    claims = (Claim("fast", "A larger learning rate lowers the training loss.",
+                    lambda r: compare_result(finals(r["runs"]["fast"], "train_loss"),
+                                             finals(r["runs"]["slow"], "train_loss"), "less", "train loss",
+                                             ("fast", "slow"))),)
+
+    def __init__(self) -> None:
+        self.computed = 0
+
+    def measure(self, ctx: StudyContext) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            self.computed += 1
+            return {"grid": np.arange(6.0).reshape(2, 3), "label": "x"}
+
+        extra = ctx.cached("grid", {"size": 6}, compute)
+        return {"runs": ctx.train_arms(BASE, self.arms), "extra": extra}
+
+    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot([1, 2])
+        rows = [[arm, float(np.mean(finals(runs, "train_loss")))] for arm, runs in results["runs"].items()]
+        return [ctx.figure(fig, "loss", "loss")], [Table("losses", ["arm", "train loss"], rows)]
+
+
+@pytest.fixture
+def train_calls(monkeypatch):
+    calls = []
+    real = trainlab.store.train
+
+    def counting(config, *args, **kwargs):
+        calls.append(config)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(trainlab.store, "train", counting)
+    return calls
+
+
+def test_arms_times_seeds_are_trained_once_then_loaded_from_the_store(tmp_path, train_calls):
+    study = FakeStudy()
+    ctx = make_context(study, mode="quick", out=tmp_path)
+    outcome = run_study(study, ctx)
+    assert len(train_calls) == 2 * 3
+    assert {c.seed for c in train_calls} == {0, 1, 2}
+    assert (outcome.runs_trained, outcome.runs_cached) == (6, 0)
+    assert study.computed == 1
+    assert outcome.claims[0].verdict in ("supported", "refuted", "inconclusive")
+    assert (tmp_path / outcome.figures[0].path).is_file()
+
+    again = run_study(study, make_context(study, mode="quick", out=tmp_path))
+    assert len(train_calls) == 6  # nothing retrained
+    assert (again.runs_trained, again.runs_cached) == (0, 6)
+    assert study.computed == 1
+    assert again.claims == outcome.claims
+    assert again.tables == outcome.tables
+
+
+def test_adding_an_arm_or_a_seed_trains_only_what_is_new(tmp_path, train_calls):
+    study = FakeStudy()
+    run_study(study, make_context(study, mode="smoke", out=tmp_path))
+    assert len(train_calls) == 4
+    study.arms = {**FakeStudy.arms, "faster": {"optimizer.lr": 0.2}}
+    outcome = run_study(study, make_context(study, mode="smoke", seeds=3, out=tmp_path))
+    assert len(train_calls) == 4 + 2 + 3  # seed 2 of the old arms, every seed of the new one
+    assert (outcome.runs_trained, outcome.runs_cached) == (5, 4)
+
+
+def test_budget_seeds_and_data_override_reach_the_run_configs(tmp_path, train_calls):
+    study = FakeStudy()
+    ctx = make_context(study, mode="smoke", seeds=[7], data={"dataset": {"name": "moons", "n_samples": 100}},
+                       out=tmp_path)
+    ctx.train_arms(BASE, {"only": {}})
+    (config,) = train_calls
+    assert config.seed == 7
+    assert config.epochs == 1
+    assert config.data.dataset.n_samples == 100
+    assert make_context(study, data="digits").data_overrides() == {"data.dataset": "digits"}
+    with pytest.raises(TypeError, match="dataset name or a mapping"):
+        make_context(study, data=3).data_overrides()
+    with pytest.raises(ValueError, match="positive number of seeds"):
+        make_context(study, seeds=0)
+    with pytest.raises(ValueError, match="smoke, quick, full"):
+        study.budget("huge")
+
+
+def test_run_studies_writes_outcomes_and_pages_and_fewer_than_three_seeds_are_inconclusive(tmp_path, monkeypatch):
+    monkeypatch.setitem(STUDIES, "fake", FakeStudy())
+    (outcome,) = run_studies(["fake"], mode="smoke", out=tmp_path, progress=False)
+    assert outcome.seeds == [0, 1]
+    assert [c.verdict for c in outcome.claims] == ["inconclusive"]
+    assert (tmp_path / "outcomes" / "fake.json").is_file()
+    page = (tmp_path / "fake.html").read_text()
+    assert "A &lt;fake&gt; study" in page and "data:image/png;base64," in page
+    assert 'href="fake.html"' in (tmp_path / "index.html").read_text()
+
+
+def test_unknown_study_names_and_small_budgets_are_rejected():
+    with pytest.raises(ConfigError, match="Did you mean 'optimizers'"):
+        select("optimizer")
+    assert [s.name for s in select("all")] == list(STUDIES)
+    assert {"init_activations", "optimizers"} <= set(STUDIES)
+
+    class TooFew(FakeStudy):
+        name = "too_few"
+        quick = Budget(seeds=2, epochs=1)
+
+    with pytest.raises(ValueError, match="at least 3 seeds"):
+        register_study(TooFew)
+
+
+def test_cached_stores_arrays_and_json_values(tmp_path):
+    ctx = make_context(FakeStudy(), out=tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.eye(2), "b": [1, 2], "c": 0.5}
+
+    first = ctx.cached("thing", {"k": 1}, compute)
+    second = ctx.cached("thing", {"k": 1}, compute)
+    ctx.cached("thing", {"k": 2}, compute)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(second["a"], np.eye(2))
+    assert (second["b"], second["c"]) == (first["b"], first["c"]) == ([1, 2], 0.5)
+
+
+# --- verdicts on synthetic results -----------------------------------------------------------------------------------
+def test_threshold_and_compare_results_follow_the_numbers():
+    assert threshold_result([22.0, 21.0, 24.0], "<", 2.0, "ratio").verdict == "refuted"
+    assert threshold_result([1.0, 1.1, 0.9], "<", 2.0, "ratio").verdict == "supported"
+    assert threshold_result([1.0, 3.0], "<", 2.0, "ratio").verdict == "inconclusive"
+    result = threshold_result([1.0, 1.1], "<", 2.0, "ratio")
+    assert result.verdict == "inconclusive" and "too few" in result.evidence
+    faster = compare_result([10, 11, 12, 10], [20, 22, 21, 25], "less", "steps", ("adam", "sgd"))
+    assert faster.verdict == "supported" and faster.numbers["adam mean"] == 10.75
+    assert compare_result([20, 22, 21, 25], [10, 11, 12, 10], "less", "steps", ("adam", "sgd")).verdict == "refuted"
+    assert compare_result([10, 11], [20, 22], "less", "steps", ("a", "b")).verdict == "inconclusive"
+
+
+def test_joint_claims_need_every_part():
+    yes, no, maybe = (ClaimResult(v, v, {"x": 1.0}) for v in ("supported", "refuted", "inconclusive"))
+    assert joint({"a": yes, "b": yes}).verdict == "supported"
+    assert joint({"a": yes, "b": maybe}).verdict == "inconclusive"
+    assert joint({"a": maybe, "b": no}).verdict == "refuted"
+    assert joint({"a": yes, "b": no}).numbers == {"a: x": 1.0, "b: x": 1.0}
+
+
+def test_a_claim_test_must_return_a_valid_verdict():
+    with pytest.raises(TypeError, match="ClaimResult"):
+        Claim("k", "text", lambda r: "supported").evaluate({})
+    with pytest.raises(ValueError, match="supported, refuted, inconclusive"):
+        Claim("k", "text", lambda r: ClaimResult("true", "e")).evaluate({})
+
+
+def test_series_and_finals_read_histories():
+    run = trainlab.store.RunResult({}, [{"loss": 2.0}, {"loss": 1.0}], {"acc": 0.5})
+    assert series([run, run], "loss") == [[2.0, 1.0], [2.0, 1.0]]
+    assert finals([run], "acc") == [0.5] and finals([run], "loss") == [1.0]
+
+
+# --- the studies' measurements ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def relu_forward():
+    budget = InitBudget(seeds=3, epochs=1, layers=8, samples=300, networks=3)
+    return {"forward": {"relu": {init: [forward_stats("relu", init, s, budget) for s in range(3)]
+                                 for init in ("xavier", "he", "he_notes")}}}
+
+
+def test_the_notes_he_std_is_refuted_and_the_real_one_supported(relu_forward):
+    assert claim_he_notes(relu_forward).verdict == "refuted"
+    assert claim_he_relu(relu_forward).verdict == "supported"
+    std = np.mean([s["std"] for s in relu_forward["forward"]["relu"]["he_notes"]], axis=0)
+    # 2/sqrt(n) has twice He's variance, so the std grows by about sqrt(2) per layer.
+    assert np.exp(np.mean(np.diff(np.log(std)))) == pytest.approx(np.sqrt(2), rel=0.1)
+
+
+def test_ends_share_is_the_probe_saturation_with_a_ten_percent_margin():
+    model = MLP(depth=3, width=50, activation="sigmoid", init=INITS["normal_1"]).build((50,), 1,
+                                                                                      torch.Generator().manual_seed(0))
+    x = torch.randn(200, 50, generator=torch.Generator().manual_seed(1))
+    wide = probe_forward(model, x, margin=0.1)
+    for name, stats in probe_forward(model, x).items():
+        assert ends_share(stats.hist) == pytest.approx(wide[name].saturated)
+
+
+def test_2d_paths_follow_torch_optim_and_reach_the_minimum():
+    path = path_2d(PATH_SPECS["sgd"], 3)
+    xy = torch.tensor([-7.0, 2.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([xy], lr=0.95)
+    for k in range(1, 4):
+        opt.zero_grad()
+        (xy[0] ** 2 / 20 + xy[1] ** 2).backward()
+        opt.step()
+        np.testing.assert_allclose(path["xy"][k], xy.detach().numpy())
+    assert path_2d(PATH_SPECS["adam"], 200)["f"][-1] < 0.01
+
+
+def test_effective_lr_of_adagrad_is_lr_over_root_of_the_gradient_sum():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = torch.optim.Adagrad([w], lr=0.5)
+    grads = []
+    for _ in range(3):
+        opt.zero_grad()
+        (w ** 2).sum().backward()
+        grads.append(w.grad.clone())
+        opt.step()
+    expected = 0.5 / (torch.stack(grads).pow(2).sum(0).sqrt() + 1e-10)
+    torch.testing.assert_close(effective_lr(opt), expected)
+    assert effective_lr(torch.optim.SGD([w], lr=0.1)) is None
+
+
+def test_steps_to_target_uses_the_smoothed_loss_and_counts_a_miss_as_more_than_a_full_run():
+    assert steps_to_target([2.0] * 5, 0.5, 40) == 41
+    assert steps_to_target([2.0, float("nan")], 0.5, 40) == 41
+    losses = [2.0] + [0.1] * 20
+    avg, expected = 0.0, None
+    for k, loss in enumerate(losses, 1):
+        avg = 0.9 * avg + 0.1 * loss
+        if expected is None and avg / (1 - 0.9 ** k) <= 1.0:
+            expected = k
+    assert 1 < expected < len(losses)
+    assert steps_to_target(losses, 0.5, 40) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["init_activations", "optimizers"])
+def test_each_study_runs_end_to_end_on_the_smoke_budget(tmp_path, name):
+    (outcome,) = run_studies([name], mode="smoke", out=tmp_path, progress=False)
+    assert len(outcome.claims) == len(STUDIES[name].claims) >= 3
+    # Two seeds decide nothing.
+    assert {c.verdict for c in outcome.claims} == {"inconclusive"}
+    assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
+    assert outcome.tables and all(t.rows for t in outcome.tables)
+    assert (tmp_path / f"{name}.html").is_file() and (tmp_path / "index.html").is_file()
+
+
+def test_toggles_switch_each_technique_once():
+    from trainlab.config import load_config
+    from trainlab.studies import toggles
+
+    config = load_config({"model": {"name": "mlp", "dropout": 0.3, "norm": "batch"}, "regularizers": ["l1"]})
+    variants = toggles(config)
+    assert variants["norm: batch -> none"] == {"model.norm": "none"}
+    assert variants["dropout: 0.3 -> 0"] == {"model.dropout": 0.0}
+    assert variants["regularizers: l1 -> none"] == {"regularizers": []}
+    assert variants["optimizer: adamw -> momentum"]["optimizer"]["name"] == "momentum"
+    assert variants["schedule: constant -> cosine"] == {"schedule": "cosine"}
+    assert "init: auto -> normal" in variants and "activation: relu -> tanh" in variants
+    for overrides in variants.values():  # every variant is a valid config
+        load_config(config, overrides)
+
+
+def test_ablate_ranks_every_toggle_against_the_baseline(tmp_path):
+    from trainlab.studies import ablate
+
+    outcome = ablate({**BASE, "epochs": 1}, seeds=2, out=tmp_path, progress=False)
+    assert len(outcome.claims) == 7 == len(outcome.tables[0].rows)
+    assert {c.verdict for c in outcome.claims} == {"inconclusive"}  # two seeds
+    changes = [row[2] for row in outcome.tables[0].rows]
+    assert changes == sorted(changes, reverse=True)  # accuracy: the most helpful first
+    assert (tmp_path / "ablation.html").is_file()
