@@ -78,3 +78,35 @@ def test_schedule_preview_and_plot(tmp_path):
     assert "0.1" in result.output
     bad = runner.invoke(app, ["schedule", "cosin", "--steps", "10"])
     assert bad.exit_code == 2 and "Did you mean 'cosine'" in bad.output
+
+
+def test_doctor_names_the_problem_and_writes_a_page(tmp_path):
+    result = runner.invoke(app, ["doctor", "examples/sick_dead_relu.yaml", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "dead_units" in result.output
+    assert (tmp_path / "doctor.html").stat().st_size > 10_000
+
+
+def test_study_list_run_and_report(tmp_path):
+    listed = runner.invoke(app, ["study", "list"])
+    assert listed.exit_code == 0 and "init_activations" in listed.output and "batch_norm" in listed.output
+    ran = runner.invoke(app, ["study", "optimizers", "--smoke", "--quiet", "--out", str(tmp_path)])
+    assert ran.exit_code == 0, ran.output
+    assert "optimizers:" in ran.output and (tmp_path / "index.html").is_file()
+    (tmp_path / "index.html").unlink()
+    again = runner.invoke(app, ["report", str(tmp_path)])
+    assert again.exit_code == 0 and (tmp_path / "index.html").is_file()
+
+
+def test_study_and_report_errors(tmp_path):
+    bad = runner.invoke(app, ["study", "optimisers", "--quick"])
+    assert bad.exit_code == 2 and "Did you mean 'optimizers'" in bad.output
+    empty = runner.invoke(app, ["report", str(tmp_path)])
+    assert empty.exit_code == 2 and "no study outcomes" in empty.output
+
+
+def test_ablate_prints_a_ranked_table(tmp_path, tiny):
+    result = runner.invoke(app, ["ablate", str(write(tmp_path, tiny)), "--seeds", "2", "--set", "epochs=1",
+                                 "--quiet", "--out", str(tmp_path / "ab")])
+    assert result.exit_code == 0, result.output
+    assert "norm: none -> batch" in result.output and (tmp_path / "ab" / "ablation.html").is_file()

@@ -20,6 +20,10 @@ _EXPORTS = {
     "DataConfig": "trainlab.data", "Data": "trainlab.data", "load_data": "trainlab.data",
     "INITIALIZERS": "trainlab.initializers", "ACTIVATIONS": "trainlab.activations", "MODELS": "trainlab.models",
     "REGULARIZERS": "trainlab.regularizers", "OPTIMIZERS": "trainlab.optimizers", "SCHEDULES": "trainlab.schedules",
+    "diagnose": "trainlab.diagnostics", "doctor": "trainlab.diagnostics", "Diagnostics": "trainlab.diagnostics",
+    "probe_forward": "trainlab.diagnostics", "find_problems": "trainlab.diagnostics",
+    "run_studies": "trainlab.studies", "run_study": "trainlab.studies", "ablate": "trainlab.studies",
+    "STUDIES": "trainlab.studies",
     "DATASETS": "trainlab.data", "PREPROCESSORS": "trainlab.data", "AUGMENTATIONS": "trainlab.augment",
 }
 

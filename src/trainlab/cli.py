@@ -84,14 +84,22 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
           out: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/<config>-<hash>]."),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
           as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
-          quiet: bool = typer.Option(False, "--quiet", help="No progress output.")) -> None:
+          quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+          tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Also record per-layer diagnostics "
+                                                     "and export them for TensorBoard into this folder.")) -> None:
     """Train one config; write the run directory (config, metrics, summary, checkpoint)."""
     from trainlab.config import load_config
     from trainlab.store import config_hash, train as train_run
 
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{config.stem}-{config_hash(cfg)[:8]}"
-    result = train_run(cfg, out, progress=not quiet, resume=resume, description=config.stem)
+    callbacks = []
+    if tensorboard is not None:
+        from trainlab.diagnostics import Diagnostics, _summary_writer_class
+
+        _summary_writer_class()  # fail before training if tensorboard is not installed
+        callbacks.append(Diagnostics(out_dir=out, tensorboard_dir=tensorboard))
+    result = train_run(cfg, out, callbacks=callbacks, progress=not quiet, resume=resume, description=config.stem)
     if as_json:
         typer.echo(json.dumps({"run_dir": str(out), **result.final}, indent=2, default=float))
     elif not quiet:
@@ -127,6 +135,109 @@ def schedule(spec: str = typer.Argument(..., help="A schedule name or YAML mappi
     if plot is not None:
         plot_preview({sched.name: sched}, steps, steps_per_epoch, lr, plot)
         console().print(f"plot: {plot}")
+
+
+@app.command()
+@user_errors
+def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
+           steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                               help="Train about this many steps [default: the config's epochs]."),
+           set_: list[str] = typer.Option([], "--set", help="Override a config value: --set optimizer.lr=3e-3."),
+           out: Path = typer.Option(Path("doctor"), "--out", help="Where the record and doctor.html go."),
+           tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Export the record for "
+                                                                               "TensorBoard here.")) -> None:
+    """Train briefly with per-layer probes and print what is wrong, with the technique that fixes it."""
+    from trainlab.config import load_config
+    from trainlab.diagnostics import doctor as run_doctor
+
+    report = run_doctor(load_config(config, set_), steps, out_dir=out, tensorboard_dir=tensorboard)
+    con = console()
+    report.render(con)
+    con.print(f"report: {out / 'doctor.html'}", highlight=False)
+
+
+def parse_data(value: Optional[str]) -> Any:
+    """``--data``: a dataset name or a YAML mapping of data fields."""
+    if value is None:
+        return None
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        fail(f"--data must be a dataset name or a YAML mapping of data fields. Got {value!r} ({e}).")
+    if not isinstance(parsed, (str, dict)):
+        fail(f"--data must be a dataset name or a YAML mapping of data fields. Got {value!r}.")
+    return parsed
+
+
+@app.command()
+@user_errors
+def study(name: str = typer.Argument(..., help="A study name, or 'all'. 'trainlab study list' lists them."),
+          quick: bool = typer.Option(False, "--quick", help="The quick budget (>= 3 seeds) instead of the full one "
+                                                            "(>= 5 seeds)."),
+          smoke: bool = typer.Option(False, "--smoke", hidden=True, help="The tests' tiny budget."),
+          seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Number of seeds [default: the budget's]."),
+          data: Optional[str] = typer.Option(None, "--data", help="Replace the dataset of trained runs: a name "
+                                                                  "('digits') or a YAML mapping of data fields."),
+          out: Path = typer.Option(Path("reports"), "--out", help="Report folder (runs are cached in OUT/runs)."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+    """Run a study (or all): train its arms over seeds, test each claim, write the HTML report."""
+    from rich.table import Table
+
+    from trainlab.studies import STUDIES, run_studies
+
+    con = console()
+    if name == "list":
+        table = Table("study", "question", box=None)
+        for s in STUDIES.values():
+            table.add_row(s.name, s.question)
+        con.print(table)
+        return
+    mode = "smoke" if smoke else "quick" if quick else "full"
+
+    def announce(outcome: Any) -> None:
+        counts = {v: sum(c.verdict == v for c in outcome.claims) for v in ("supported", "refuted", "inconclusive")}
+        con.print(f"{outcome.name}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                  + f" ({outcome.runtime_s:.0f} s, {outcome.runs_trained} runs trained)", highlight=False)
+
+    run_studies(name, mode=mode, seeds=seeds, data=parse_data(data), out=out, progress=not quiet,
+                on_outcome=announce)
+    con.print(f"report: {out / 'index.html'}", highlight=False)
+
+
+@app.command()
+@user_errors
+def report(folder: Path = typer.Argument(Path("reports"), help="A study output folder.")) -> None:
+    """Re-render the HTML report from stored study outcomes (no training)."""
+    from trainlab.report import render_report
+
+    if not (folder / "outcomes").is_dir():
+        fail(f"{str(folder)!r} holds no study outcomes (no outcomes/ folder). Run 'trainlab study' first.")
+    console().print(f"report: {render_report(folder)}", highlight=False)
+
+
+@app.command()
+@user_errors
+def ablate(config: Path = typer.Argument(..., help="Your run config (YAML)."),
+           seeds: int = typer.Option(3, "--seeds", min=2, help="Seeds per variant (paired with the baseline)."),
+           set_: list[str] = typer.Option([], "--set", help="Override a config value: --set epochs=10."),
+           out: Path = typer.Option(Path("ablation"), "--out", help="Report folder (runs cached in OUT/runs)."),
+           quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+    """Toggle each technique of your config in turn and rank them by their effect on the validation metric."""
+    from rich.table import Table
+
+    from trainlab.config import load_config
+    from trainlab.studies import ablate as run_ablate
+
+    outcome = run_ablate(load_config(config, set_), seeds=seeds, out=out, progress=not quiet)
+    table = Table(*outcome.tables[0].header, box=None) if outcome.tables else None
+    con = console()
+    if table is not None:
+        for row in outcome.tables[0].rows:
+            table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+        con.print(table)
+    con.print(f"report: {out / 'ablation.html'}", highlight=False)
 
 
 def main() -> None:

@@ -190,7 +190,9 @@ def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3
         claims.append(ClaimOutcome(key, f"{label} improves {metric}.", result.verdict, result.evidence,
                                    {k: float(v) for k, v in result.numbers.items()}))
         deltas[label] = [v - b for v, b in zip(values, baseline)]
-        rows.append([label, float(np.mean(values)), float(np.mean(deltas[label])), result.verdict])
+        rows.append([label, float(np.mean(values)), float(np.mean(deltas[label])),
+                     f"[{result.numbers['diff ci_low']:+.4f}, {result.numbers['diff ci_high']:+.4f}]",
+                     result.verdict])
     sign = 1 if better == "greater" else -1
     order = sorted(range(len(rows)), key=lambda i: -sign * rows[i][2])
     claims = [claims[i] for i in order]
@@ -199,7 +201,7 @@ def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3
                       ylabel=f"{metric} (variant - baseline)")
     figures = [ctx.figure(fig, "deltas", f"Paired change of {metric} per toggled technique: mean and 95% CI over "
                                          f"{seeds} seeds.")]
-    table = Table(f"Baseline {metric}: {np.mean(baseline):.4g}", ["variant", metric, "change", "verdict"], rows)
+    table = Table(f"Baseline {metric}: {np.mean(baseline):.4g}", ["variant", metric, "change", "95% CI of change", "verdict"], rows)
     outcome = StudyOutcome("ablation", "Ablation: which technique helps this model",
                            "What does toggling each technique of this config do to its validation metric?",
                            "quick", ctx.seeds, claims, figures, [table], runtime_s=time.perf_counter() - start,
