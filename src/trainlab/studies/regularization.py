@@ -1,0 +1,370 @@
+"""Study 6: regularization on small data: penalties, dropout, early stopping, augmentation and noise.
+
+A network far larger than its data (an MLP of 3 x 256 units, ~144k weights, on 500 MNIST-1D training samples) is
+trained long enough to fit the training set perfectly with Adam; each arm adds one technique to that overfitting
+baseline (``none``): L1, L2 and elastic-net penalties on the weights, an L2 penalty on the hidden activations
+(``activity``), dropout (inverted, and classic with test-time scaling), early stopping on the validation loss with
+the best weights restored, random shifts of the signal (augmentation), Gaussian input noise, and decoupled weight
+decay (AdamW). Every arm shares the seed's initial weights and batch order, so the comparisons with ``none`` are
+paired by seed.
+
+At the end of each run a probe records, with the final weights (the restored ones for early stopping): the train
+metrics in eval mode (no dropout, no augmentation: the *clean* train accuracy), the fraction of weights with
+|w| < 1e-3 (``trainlab.regularizers.sparsity``) and < 1e-6, the RMS and the largest |w|, quantiles and a histogram
+of the first layer's weights, and, for dropout nets, the test accuracy of Monte-Carlo averages of thinned networks
+(the softmax averaged over 1, 2, 4, ... random dropout masks) against the single deterministic pass.
+
+Definitions, fixed before measuring:
+
+- the *train/validation gap* is clean train accuracy minus validation accuracy; a technique reduces it when its gap
+  is smaller than ``none``'s (paired t-test over seeds);
+- *sparse* is the fraction of weights with |w| < 1e-3; L2's weights are *uniformly small* when their RMS and their
+  largest |w| are below ``none``'s;
+- dropout *works like an ensemble* when averaging the predictions of many thinned networks beats one thinned network
+  and the weight-scaled deterministic net is within ``EQUIVALENT`` (1 point) of accuracy of that average;
+- early stopping stops *near* the validation minimum when the epoch it restores is within ``NEAR_EPOCHS`` epochs of
+  the minimum of the validation loss of the un-stopped ``none`` run with the same seed (the two runs follow the same
+  trajectory until the stop, so this checks that the minimum does not come after the patience ran out).
+
+Strengths were chosen once, in a pilot (seeds 0 and 1, 80 epochs), as the best mean validation accuracy of a small
+grid per technique: L1 {1e-4, 3e-4, 1e-3, 3e-3}, L2 {1e-3, 1e-2, 3e-2, 1e-1}, elastic net (l1, l2) {(1e-3, 1e-2),
+(3e-4, 3e-2), (1e-3, 3e-2)}, activity {1e-3, 1e-2, 1e-1}, dropout {0.3, 0.5}, input noise std {0.5, 1.0} and
+AdamW's weight decay {1, 3, 10, 30} (decoupled decay shrinks each weight by lr x decay = 1% per step at 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainlab.callbacks import Callback
+from trainlab.models import ClassicDropout
+from trainlab.regularizers import sparsity
+from trainlab.report import bars_figure, curves_figure, mean_band
+from trainlab.store import RunResult
+from trainlab.studies import register_study
+from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
+                                   finals, joint, series, threshold_result)
+
+ARMS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "l1": {"regularizers": [{"name": "l1", "strength": 3e-3}]},
+    "l2": {"regularizers": [{"name": "l2", "strength": 3e-2}]},
+    "elastic_net": {"regularizers": [{"name": "elastic_net", "l1": 3e-4, "l2": 3e-2}]},
+    "activity": {"regularizers": [{"name": "l2", "strength": 1e-2, "target": "activity"}]},
+    "dropout": {"model.dropout": 0.3},
+    "dropout_classic": {"model.dropout": 0.3, "model.dropout_mode": "classic"},
+    "early_stopping": {"early_stopping": {"patience": 10}},
+    "augmentation": {"data.augment": [{"name": "shift", "max_shift": 3}]},
+    "input_noise": {"data.augment": [{"name": "gaussian_noise", "std": 0.5}]},
+    "weight_decay": {"optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 10.0}},
+}
+DROPOUT_ARMS = ("dropout", "dropout_classic")
+SPARSE = 1e-3  # |w| below this counts as (near) zero
+ZERO = 1e-6  # |w| below this counts as exactly zero, up to float noise
+HIST_EDGES = np.linspace(-1.0, 1.0, 101)  # first-layer weight histogram; values outside are clipped into the ends
+QUANTILES = (0.5, 0.9, 0.99)
+EQUIVALENT = 0.01  # accuracy difference within which the scaled net "matches" the Monte-Carlo average
+NEAR_EPOCHS = 2
+MC_SEED = 0  # the dropout masks of the Monte-Carlo average (the global generator is restored afterwards)
+CURVE_ARMS = ("none", "l2", "dropout", "early_stopping", "augmentation", "weight_decay")
+
+
+@dataclass(frozen=True)
+class RegularizationBudget(Budget):
+    width: int = 256
+    depth: int = 3
+    mc_samples: int = 32  # dropout masks averaged for the Monte-Carlo ensemble
+
+
+def weight_stats(model: nn.Module) -> dict[str, Any]:
+    """Sparsity, RMS and largest |w| of all weights (ndim >= 2), and |w| quantiles and a histogram of the first."""
+    weights = [p.detach().flatten().cpu() for p in model.parameters() if p.ndim >= 2]
+    every = torch.cat(weights)
+    first = weights[0]
+    clipped = first.clamp(float(HIST_EDGES[0]), float(HIST_EDGES[-1])).numpy()
+    return {
+        "sparsity": sparsity(model, SPARSE),
+        "zeros": sparsity(model, ZERO),
+        "rms": float(every.square().mean().sqrt()),
+        "max": float(every.abs().max()),
+        "first_sparsity": float((first.abs() < SPARSE).float().mean()),
+        "first_rms": float(first.square().mean().sqrt()),
+        "first_quantiles": [float(q) for q in torch.quantile(first.abs(), torch.tensor(QUANTILES))],
+        "first_hist": np.histogram(clipped, HIST_EDGES)[0].tolist(),
+    }
+
+
+@torch.no_grad()
+def mc_dropout(model: nn.Module, x: Tensor, y: Tensor, samples: int, seed: int = MC_SEED) -> dict[str, Any]:
+    """Test accuracy of the deterministic (eval-mode) net, of single thinned nets, and of the average of the softmax
+    of the first k thinned nets for k = 1 .. ``samples`` (``ensemble[k - 1]``)."""
+    was_training = model.training
+    try:
+        model.eval()
+        deterministic = float((model(x).argmax(1) == y).float().mean())
+        model.train()
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            probs = torch.stack([model(x).softmax(1) for _ in range(samples)])
+    finally:
+        model.train(was_training)
+    single = (probs.argmax(2) == y).float().mean(1)
+    running = probs.cumsum(0) / torch.arange(1, samples + 1, device=probs.device).view(-1, 1, 1)
+    ensemble = (running.argmax(2) == y).float().mean(1)
+    return {"deterministic": deterministic, "single": float(single.mean()), "ensemble": ensemble.tolist()}
+
+
+class RegularizationProbe(Callback):
+    """At fit end (after early stopping restored its best weights) stores in ``extras``: ``clean_train`` (train
+    loss and accuracy in eval mode), ``weights`` (``weight_stats``) and, for nets with dropout, ``mc_dropout``."""
+
+    def __init__(self, mc_samples: int):
+        self.mc_samples = mc_samples
+
+    def on_fit_end(self, trainer: Any) -> None:
+        trainer.extras["clean_train"] = trainer.evaluate("train")
+        trainer.extras["weights"] = weight_stats(trainer.model)
+        if any(isinstance(m, (nn.Dropout, ClassicDropout)) for m in trainer.model.modules()):
+            trainer.extras["mc_dropout"] = mc_dropout(trainer.model, trainer.data.x_test, trainer.data.y_test,
+                                                      self.mc_samples)
+
+
+def gap(run: RunResult) -> float:
+    """Clean (eval-mode) train accuracy minus validation accuracy, both with the final weights."""
+    return float(run.extras["clean_train"]["acc"] - run.final["val_acc"])
+
+
+def loss_gap(run: RunResult) -> float:
+    """Validation loss minus clean train loss."""
+    return float(run.final["val_loss"] - run.extras["clean_train"]["loss"])
+
+
+def val_min_epoch(run: RunResult) -> int:
+    """The (1-based) epoch of the lowest validation loss."""
+    return int(np.argmin(run.metric("val_loss"))) + 1
+
+
+def _weights(runs: list[RunResult], key: str) -> list[float]:
+    return [float(r.extras["weights"][key]) for r in runs]
+
+
+def within(values: list[float], tolerance: float, what: str) -> ClaimResult:
+    """"|mean of ``what``| < tolerance": supported when the whole 95% interval lies in (-tolerance, tolerance)."""
+    return joint({f"above -{tolerance:g}": threshold_result(values, ">", -tolerance, what),
+                  f"below {tolerance:g}": threshold_result(values, "<", tolerance, what)})
+
+
+def claim_sparse(r: dict[str, Any]) -> ClaimResult:
+    runs = r["runs"]
+    what = f"fraction of weights with |w| < {SPARSE:g}"
+    return joint({
+        "L1 sparser than L2": compare_result(_weights(runs["l1"], "sparsity"), _weights(runs["l2"], "sparsity"),
+                                             "greater", what, ("l1", "l2")),
+        "L1 sparser than none": compare_result(_weights(runs["l1"], "sparsity"), _weights(runs["none"], "sparsity"),
+                                               "greater", what, ("l1", "none")),
+        "L2 smaller RMS": compare_result(_weights(runs["l2"], "rms"), _weights(runs["none"], "rms"), "less",
+                                         "RMS of the weights", ("l2", "none")),
+        "L2 smaller max": compare_result(_weights(runs["l2"], "max"), _weights(runs["none"], "max"), "less",
+                                         "largest |w|", ("l2", "none")),
+    })
+
+
+def claim_gap(r: dict[str, Any]) -> ClaimResult:
+    runs = r["runs"]
+    base = [gap(run) for run in runs["none"]]
+    return joint({arm: compare_result([gap(run) for run in runs[arm]], base, "less",
+                                      "clean train accuracy - validation accuracy", (arm, "none"))
+                  for arm in ARMS if arm != "none"})
+
+
+def claim_augment_noise(r: dict[str, Any]) -> ClaimResult:
+    runs = r["runs"]
+    return joint({arm: compare_result(finals(runs[arm], "test_acc"), finals(runs["none"], "test_acc"), "greater",
+                                      "test accuracy", (arm, "none"))
+                  for arm in ("augmentation", "input_noise")})
+
+
+def claim_dropout_ensemble(r: dict[str, Any]) -> ClaimResult:
+    parts = {}
+    for arm in DROPOUT_ARMS:
+        mc = [run.extras["mc_dropout"] for run in r["runs"][arm]]
+        k = len(mc[0]["ensemble"])
+        averaged = [m["ensemble"][-1] for m in mc]
+        parts[f"{arm}: average beats one"] = compare_result(averaged, [m["single"] for m in mc], "greater",
+                                                            "test accuracy", (f"{k}-mask average", "one mask"))
+        parts[f"{arm}: scaled net matches average"] = within(
+            [m["deterministic"] - a for m, a in zip(mc, averaged)], EQUIVALENT,
+            f"test accuracy, scaled net - {k}-mask average")
+    return joint(parts)
+
+
+def claim_early_stopping(r: dict[str, Any]) -> ClaimResult:
+    runs = r["runs"]
+    distance = [abs(es.extras["best_epoch"] - val_min_epoch(none))
+                for es, none in zip(runs["early_stopping"], runs["none"])]
+    return threshold_result(distance, "<", NEAR_EPOCHS,
+                            "epochs between the restored epoch and the un-stopped run's validation-loss minimum")
+
+
+CLAIMS = (
+    Claim("l1_sparse_l2_small", "L1 gives sparse weights (many exactly or nearly zero), L2 uniformly small ones.",
+          claim_sparse),
+    Claim("reduce_gap", "All of them (L1, L2, elastic net, activity penalty, dropout in both modes, early stopping, "
+                        "augmentation, input noise, weight decay) reduce the train/validation gap on small data.",
+          claim_gap),
+    Claim("augment_noise", "Augmentation and input noise reduce overfitting: a higher test accuracy than the "
+                           "unregularized network.", claim_augment_noise),
+    Claim("dropout_ensemble", "Dropout works like an ensemble: averaging many thinned networks beats one, and the "
+                              "single weight-scaled network at test time matches that average.",
+          claim_dropout_ensemble),
+    Claim("early_stopping_minimum", "Early stopping stops near the validation minimum.", claim_early_stopping),
+)
+
+
+@register_study
+class Regularization(Study):
+    name = "regularization"
+    title = "Regularization on small data"
+    question = ("On 500 training samples a large MLP overfits: which of L1, L2, elastic net, activity penalties, "
+                "dropout, early stopping, augmentation, input noise and weight decay close the train/validation "
+                "gap, and what do they do to the weights?")
+    order = 6
+    smoke = RegularizationBudget(seeds=2, epochs=3, train_size=200, width=32, mc_samples=4)
+    quick = RegularizationBudget(seeds=3, epochs=80, train_size=500)
+    full = RegularizationBudget(seeds=6, epochs=120, train_size=500)
+    claims = CLAIMS
+
+    def base_config(self, budget: RegularizationBudget) -> dict[str, Any]:
+        # One checkpoint at the end: writing ~1.7 MB of state every epoch would cost more than the epoch.
+        return {"model": {"name": "mlp", "depth": budget.depth, "width": budget.width},
+                "optimizer": {"name": "adam", "lr": 1e-3}, "threads": 1, "checkpoint_every_epochs": budget.epochs}
+
+    def measure(self, ctx: StudyContext) -> dict[str, Any]:
+        b: RegularizationBudget = ctx.budget  # type: ignore[assignment]
+        runs = ctx.train_arms(self.base_config(b), ARMS,
+                              callbacks_factory=lambda arm, seed: [RegularizationProbe(b.mc_samples)])
+        return {"runs": runs}
+
+    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+        runs: dict[str, list[RunResult]] = results["runs"]
+        figures = [ctx.figure(_histograms(runs), "first_layer_weights",
+                              "Histogram of the first layer's weights per arm (all seeds; log scale; the grey "
+                              "outline is 'none'): sparse weights show as a spike at 0, uniformly small ones as a "
+                              "narrower bell.")]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        curves_figure({a: series(runs[a], "train_loss") for a in CURVE_ARMS}, title="training loss (train mode)",
+                      xlabel="epoch", ylabel="loss", logy=True, ax=axes[0])
+        curves_figure({a: series(runs[a], "val_loss") for a in CURVE_ARMS}, title="validation loss",
+                      xlabel="epoch", ylabel="loss", ax=axes[1])
+        figures.append(ctx.figure(fig, "curves", "Loss curves of some arms: mean over seeds with 95% band. Without "
+                                                 "regularization the training loss goes to zero while the validation "
+                                                 "loss climbs after a few epochs; early stopping follows 'none' until "
+                                                 "it stops, its patience after the validation minimum."))
+        figures.append(ctx.figure(_accuracy_bars(runs), "accuracy",
+                                  "Clean train, validation and test accuracy per arm: mean and 95% CI over seeds. "
+                                  "The train/validation gap is the distance between the first two bars."))
+        figures.append(ctx.figure(bars_figure({a: _weights(rs, "sparsity") for a, rs in runs.items()},
+                                              title=f"fraction of weights with |w| < {SPARSE:g}", ylabel="fraction"),
+                                  "sparsity", "Near-zero weights per arm (all layers): mean and 95% CI."))
+        figures.append(ctx.figure(_mc_figure(runs), "dropout_ensemble",
+                                  "Test accuracy of the average of k thinned networks (random dropout masks) against "
+                                  "k, and of the single weight-scaled network (dashed): mean and 95% band."))
+        return figures, _tables(runs)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
+def _tables(runs: dict[str, list[RunResult]]) -> list[Table]:
+    rows = [[arm, _mean([r.extras["clean_train"]["acc"] for r in rs]), _mean(finals(rs, "val_acc")),
+             _mean([gap(r) for r in rs]), _mean([loss_gap(r) for r in rs]), _mean(finals(rs, "test_acc")),
+             _mean(_weights(rs, "sparsity")), _mean(_weights(rs, "zeros")), _mean(_weights(rs, "rms")),
+             _mean(_weights(rs, "max")), _mean([r.final["epochs_run"] for r in rs])] for arm, rs in runs.items()]
+    first = [[arm, _mean(_weights(rs, "first_sparsity")), _mean(_weights(rs, "first_rms")),
+              *(_mean([r.extras["weights"]["first_quantiles"][i] for r in rs]) for i in range(len(QUANTILES)))]
+             for arm, rs in runs.items()]
+    mc_rows = []
+    for arm in DROPOUT_ARMS:
+        mc = [r.extras["mc_dropout"] for r in runs[arm]]
+        mc_rows.append([arm, _mean([m["single"] for m in mc]), _mean([m["ensemble"][-1] for m in mc]),
+                        _mean([m["deterministic"] for m in mc])])
+    es_rows = [[r.config["seed"], r.extras["best_epoch"], r.final["epochs_run"], val_min_epoch(none),
+                none.final["test_acc"], r.final["test_acc"]]
+               for r, none in zip(runs["early_stopping"], runs["none"])]
+    k = len(runs[DROPOUT_ARMS[0]][0].extras["mc_dropout"]["ensemble"])
+    return [
+        Table("Per arm (means over seeds; accuracies with the final weights, train in eval mode)",
+              ["arm", "train acc", "val acc", "gap (acc)", "val - train loss", "test acc",
+               f"|w| < {SPARSE:g}", f"|w| < {ZERO:g}", "RMS w", "max |w|", "epochs run"], rows),
+        Table("First layer's weights (means over seeds)",
+              ["arm", f"|w| < {SPARSE:g}", "RMS w", *(f"|w| q{q:g}" for q in QUANTILES)], first),
+        Table("Dropout as an ensemble: test accuracy (means over seeds)",
+              ["arm", "one thinned net", f"average of {k}", "weight-scaled net"], mc_rows),
+        Table("Early stopping against the un-stopped run of the same seed",
+              ["seed", "restored epoch", "stopped after", "validation minimum of 'none'", "test acc 'none'",
+               "test acc early stopping"], es_rows),
+    ]
+
+
+def _histograms(runs: dict[str, list[RunResult]]) -> Any:
+    counts = {arm: np.sum([r.extras["weights"]["first_hist"] for r in rs], axis=0) for arm, rs in runs.items()}
+    cols = 4
+    rows = -(-len(counts) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(13, 2.6 * rows), sharex=True, sharey=True)
+    # A log axis cannot show 0: bars start at the floor, so an empty bin is drawn with no height.
+    floor = 0.8
+    for ax, (arm, c) in zip(axes.flat, counts.items()):
+        ax.stairs(np.maximum(c, floor), HIST_EDGES, fill=True, baseline=floor, color="#4c72b0", alpha=0.85)
+        ax.stairs(np.maximum(counts["none"], floor), HIST_EDGES, baseline=None, color="#888888", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_ylim(floor, 2 * max(float(v.max()) for v in counts.values()))
+        ax.set_xticks([-1, -0.5, 0, 0.5, 1])
+        ax.set_title(arm, fontsize=10)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(counts):]:
+        ax.axis("off")
+    fig.supxlabel("first-layer weight w")
+    fig.supylabel("count")
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_bars(runs: dict[str, list[RunResult]]) -> Any:
+    groups = {"train (clean)": lambda rs: [r.extras["clean_train"]["acc"] for r in rs],
+              "validation": lambda rs: finals(rs, "val_acc"), "test": lambda rs: finals(rs, "test_acc")}
+    arms = list(runs)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    bar = 0.8 / len(groups)
+    for i, (label, get) in enumerate(groups.items()):
+        # mean_band over seeds x 1 point: the mean and its 95% interval per arm
+        mean, low, high = (np.concatenate(v) for v in zip(*(mean_band(np.asarray(get(runs[a]), dtype=float)[:, None])
+                                                            for a in arms)))
+        ax.bar(np.arange(len(arms)) + (i - 1) * bar, mean, width=bar, yerr=[mean - low, high - mean], capsize=3,
+               label=label)
+    ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
+    ax.set(ylabel="accuracy", ylim=(0, 1.05), title="accuracy per arm")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _mc_figure(runs: dict[str, list[RunResult]]) -> Any:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    k = len(runs[DROPOUT_ARMS[0]][0].extras["mc_dropout"]["ensemble"])
+    curves_figure({arm: [r.extras["mc_dropout"]["ensemble"] for r in runs[arm]] for arm in DROPOUT_ARMS},
+                  title="dropout: averaging thinned networks", xlabel="masks averaged (k)",
+                  ylabel="test accuracy", x=np.arange(1, k + 1), ax=ax)
+    for line, arm in zip(ax.get_lines(), DROPOUT_ARMS):
+        ax.axhline(_mean([r.extras["mc_dropout"]["deterministic"] for r in runs[arm]]), color=line.get_color(),
+                   ls="--", lw=1, label=f"{arm}: weight-scaled net")
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=8)
+    return fig

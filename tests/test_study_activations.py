@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import trainlab.studies.activations as study
+from trainlab.diagnostics import probe_forward
+from trainlab.store import RunResult
+from trainlab.studies import STUDIES, run_studies
+from trainlab.studies.activations import (benchmark, claim_cost, claim_dead, claim_not_centred, claim_relu_first,
+                                          claim_vanishing, dead_fraction, log_ratio)
+
+
+def run(**extras) -> RunResult:
+    return RunResult({}, [{"epoch": 1, "train_loss": 1.0}], {}, extras)
+
+
+def test_dead_fraction_of_relu_agrees_with_the_diagnostics_probe_in_every_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+    with torch.no_grad():
+        model[0].bias[:3] = -100.0  # three units of the first layer never fire
+    x = torch.randn(50, 4)
+    expected = [s.dead_fraction for s in probe_forward(model, x).values()]
+    assert dead_fraction(model, x) == pytest.approx(expected)
+    assert dead_fraction(model, x)[0] == pytest.approx(3 / 8)
+
+
+def test_leaky_units_never_die_and_saturated_sigmoids_do():
+    x = torch.randn(64, 3)
+    for act, dead in ((nn.LeakyReLU(0.01), 0.0), (nn.Sigmoid(), 0.5), (nn.ELU(), 0.5)):
+        model = nn.Sequential(nn.Linear(3, 4), act)
+        with torch.no_grad():
+            model[0].weight.zero_()
+            model[0].bias.copy_(torch.tensor([-50.0, -50.0, 0.0, 1.0]))
+        # leaky: slope 0.01 > 1e-3 everywhere; sigmoid: saturated at 0; elu: exp(-50) slope in its flat tail.
+        assert dead_fraction(model, x) == [pytest.approx(dead)]
+
+
+def test_dead_fraction_leaves_the_model_output_unchanged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(10, 4)
+    before = model(x).detach()
+    dead_fraction(model, x)
+    assert torch.equal(model(x).detach(), before)
+    assert not model[1]._forward_hooks
+
+
+def test_log_ratio_is_first_over_last_column_in_decades():
+    rms = np.array([[1e-4, 1.0, 1e-1], [1.0, 1.0, 1.0]])
+    assert np.allclose(log_ratio(rms), [-3.0, 0.0])
+
+
+def test_benchmark_times_every_activation_and_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    times = benchmark(("sigmoid", "relu"), 1024, 2, seed=0)
+    assert set(times) == {"sigmoid", "relu"} and all(t > 0 for t in times.values())
+    assert torch.get_num_threads() == threads
+
+
+def _results(sigmoid_ratio: float, dead_relu: float) -> dict:
+    rng = np.random.default_rng(0)
+
+    def runs(log_ratio_value: float, mean: float, dead: float) -> list[RunResult]:
+        return [run(grad_rms=[[10 ** (log_ratio_value + rng.normal(0, 0.05)), 1.0]] * 3,
+                    mean_end=[mean + rng.normal(0, 0.01)] * 4, dead_end=[dead + rng.uniform(0, 0.01) * (dead > 0)] * 4)
+                for _ in range(3)]
+
+    return {"runs": {"sigmoid": runs(sigmoid_ratio, 0.5, 0.0), "tanh": runs(-0.2, 0.0, 0.0),
+                     "relu": runs(-0.3, 0.3, 0.01)},
+            "dead_runs": {"relu": runs(-0.3, 0.3, dead_relu), "leaky_relu": runs(-0.3, 0.3, 0.0),
+                          "elu": runs(-0.3, 0.3, 0.0)},
+            "bench": [{"sigmoid": [1.2 + 0.01 * k, 1.0], "relu": [1.0, 1.0]} for k in range(3)],
+            "steps": {"relu": [50, 55, 60], "sigmoid": [300, 300, 300], "tanh": [150, 160, 170]}}
+
+
+def test_claims_follow_synthetic_numbers():
+    r = _results(sigmoid_ratio=-4.0, dead_relu=0.2)
+    assert claim_vanishing(r).verdict == "supported"
+    assert claim_not_centred(r).verdict == "supported"
+    assert claim_cost(r).verdict == "supported"
+    assert claim_relu_first(r).verdict == "supported"
+    assert claim_dead(r).verdict == "supported"
+
+
+def test_no_dead_relus_refutes_the_fix_and_healthy_sigmoid_gradients_refute_vanishing():
+    r = _results(sigmoid_ratio=-0.3, dead_relu=0.0)
+    assert claim_dead(r).verdict == "refuted"  # nothing died, so there is nothing to fix
+    assert claim_vanishing(r).verdict == "refuted"
+
+
+@pytest.mark.slow
+def test_study_runs_end_to_end_on_the_smoke_budget_and_a_second_run_computes_nothing(tmp_path, monkeypatch):
+    (outcome,) = run_studies(["activations"], mode="smoke", out=tmp_path, progress=False)
+    assert len(outcome.claims) == len(STUDIES["activations"].claims) == 5
+    assert {c.verdict for c in outcome.claims} == {"inconclusive"}  # two seeds decide nothing
+    assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
+    assert outcome.tables and all(t.rows for t in outcome.tables)
+    assert outcome.runs_trained == 2 * (7 + 3)
+
+    def no_benchmark(*args, **kwargs):
+        raise AssertionError("the benchmark was measured again")
+
+    monkeypatch.setattr(study, "benchmark", no_benchmark)
+    (again,) = run_studies(["activations"], mode="smoke", out=tmp_path, progress=False)
+    assert (again.runs_trained, again.runs_cached) == (0, 2 * (7 + 3))
+    assert [c.evidence for c in again.claims] == [c.evidence for c in outcome.claims]
+
+
+def test_steps_to_loss_uses_the_moving_average_and_counts_a_miss_as_a_full_run():
+    losses = [2.0] * 5 + [0.5] * 30
+    expected = next(k for k in range(1, 36) if study.smoothed(losses[:k])[-1] <= 1.0)
+    assert 5 < expected < 35
+    assert study.steps_to_loss(losses, 1.0, 99) == expected
+    assert study.steps_to_loss(losses, 0.1, 99) == 99

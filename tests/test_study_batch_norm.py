@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import trainlab.store
+from trainlab.store import RunResult
+from trainlab.studies import STUDIES, run_studies
+from trainlab.studies.batch_norm import (acc_at, claim_high_lr, claim_init_scale, claim_regularizes, claim_speed, gap,
+                                         init_scales, shortfall, value_at_epoch)
+
+
+def _run(train_acc: list[float], final_train_acc: float = 0.9, test_acc: float = 0.4) -> RunResult:
+    history = [{"epoch": i + 1, "train_acc": a, "train_loss": 1.0} for i, a in enumerate(train_acc)]
+    return RunResult({}, history, {"test_acc": test_acc}, {"train_eval": {"acc": final_train_acc, "loss": 0.3}})
+
+
+def test_init_scales_are_the_textbooks_log_spaced_stds():
+    np.testing.assert_allclose(init_scales(16), np.logspace(0, -4, 16), rtol=1e-3)
+    assert init_scales(6)[0] == 1.0 and init_scales(6)[-1] == 1e-4
+    with pytest.raises(ValueError, match="positive int"):
+        init_scales(0)
+
+
+def test_values_at_an_epoch_fall_back_to_the_final_accuracy_when_the_run_stopped_before():
+    run = _run([0.2, 0.5, float("nan")], final_train_acc=0.1)
+    assert value_at_epoch(run, "train_acc", 2, -1.0) == 0.5
+    assert value_at_epoch(run, "train_acc", 3, -1.0) == -1.0  # not finite
+    assert acc_at(run, 1) == 0.2
+    assert acc_at(run, 5) == 0.1  # stopped (diverged) after 3 epochs
+    assert gap(_run([0.5], final_train_acc=0.95, test_acc=0.4)) == pytest.approx(0.55)
+
+
+def test_shortfall_is_the_mean_distance_to_the_best_scale_per_seed():
+    acc = np.array([[0.1, 0.3, 0.1, 0.1], [0.4, 0.45, 0.45, 0.42]])
+    np.testing.assert_allclose(shortfall(acc), [0.15, 0.02])
+
+
+def _scales(none: list[float], bn: list[float], seeds: int = 4) -> dict[str, np.ndarray]:
+    noise = np.random.default_rng(0).normal(0, 0.01, (2, seeds, len(none)))
+    return {"none": np.asarray(none) + noise[0], "bn": np.asarray(bn) + noise[1]}
+
+
+def test_init_scale_claim_sees_a_plain_network_that_trains_at_one_scale_only():
+    # At chance (0.1) everywhere but one scale: a small std over scales, yet everything depends on the scale.
+    r = {"test_acc_scales": _scales(none=[0.1, 0.33, 0.09, 0.09, 0.09, 0.09], bn=[0.24, 0.36, 0.45, 0.44, 0.44, 0.39])}
+    assert np.mean(np.std(r["test_acc_scales"]["none"], axis=1)) > np.mean(np.std(r["test_acc_scales"]["bn"], axis=1))
+    assert claim_init_scale(r).verdict == "supported"
+    r = {"test_acc_scales": _scales(none=[0.4, 0.41, 0.4, 0.42], bn=[0.1, 0.4, 0.1, 0.4])}
+    assert claim_init_scale(r).verdict == "refuted"
+
+
+def test_speed_high_lr_and_regularization_claims_follow_the_numbers():
+    seeds = [0.01, -0.01, 0.005, -0.004]
+    fast, slow = [0.6 + s for s in seeds], [0.35 - s / 2 for s in seeds]
+    r = {"k": 5, "ref_acc_k": {"bn": fast, "none": slow}, "acc_k": _scales(none=[0.1, 0.3], bn=[0.4, 0.5])}
+    assert claim_speed(r).verdict == "supported"
+    r["acc_k"] = _scales(none=[0.4, 0.5], bn=[0.1, 0.3])
+    assert claim_speed(r).verdict == "refuted"
+    r = {"lrs": [0.01, 1.0], "test_acc_lr": {"bn": {1.0: fast}, "none": {1.0: [0.102] * 4}},
+         "diverged_lr": {"bn": {1.0: [False] * 4}, "none": {1.0: [True] * 4}}}
+    found = claim_high_lr(r)
+    assert found.verdict == "supported" and found.numbers["without BN: diverged runs"] == 4
+    r = {"gap": {"bn": fast, "none": slow}}
+    assert claim_regularizes(r).verdict == "refuted"
+    r = {"gap": {"bn": fast[:2], "none": slow[:2]}}
+    assert claim_regularizes(r).verdict == "inconclusive"
+
+
+@pytest.mark.slow
+def test_the_study_runs_end_to_end_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
+    (outcome,) = run_studies(["batch_norm"], mode="smoke", out=tmp_path, progress=False)
+    assert [c.key for c in outcome.claims] == [c.key for c in STUDIES["batch_norm"].claims]
+    assert {c.verdict for c in outcome.claims} == {"inconclusive"}  # the smoke budget has two seeds
+    assert len(outcome.figures) == 5 and all((tmp_path / f.path).is_file() for f in outcome.figures)
+    assert outcome.tables and all(t.rows for t in outcome.tables)
+    calls = []
+    monkeypatch.setattr(trainlab.store, "train", lambda *a, **k: calls.append(a))
+    (again,) = run_studies(["batch_norm"], mode="smoke", out=tmp_path, progress=False)
+    assert calls == [] and again.runs_trained == 0 and again.runs_cached == outcome.runs_trained
+    assert [c.evidence for c in again.claims] == [c.evidence for c in outcome.claims]

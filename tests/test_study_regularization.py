@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import trainlab.store
+from trainlab.models import ClassicDropout
+from trainlab.store import RunResult
+from trainlab.studies import STUDIES, run_studies
+from trainlab.studies.regularization import (ARMS, HIST_EDGES, claim_early_stopping, claim_gap, gap, loss_gap,
+                                             mc_dropout, val_min_epoch, weight_stats, within)
+
+
+def run(val_losses=(1.0,), final=None, extras=None, seed=0) -> RunResult:
+    history = [{"epoch": i + 1, "val_loss": v} for i, v in enumerate(val_losses)]
+    return RunResult({"seed": seed}, history, dict(final or {}), dict(extras or {}))
+
+
+def test_gaps_use_the_clean_train_metrics_and_the_final_validation_metrics():
+    r = run(final={"val_acc": 0.4, "val_loss": 2.5}, extras={"clean_train": {"acc": 1.0, "loss": 0.1}})
+    assert gap(r) == pytest.approx(0.6)
+    assert loss_gap(r) == pytest.approx(2.4)
+
+
+def test_val_min_epoch_is_one_based():
+    assert val_min_epoch(run([2.0, 1.5, 1.2, 1.4, 1.9])) == 3
+
+
+def test_weight_stats_count_small_weights_and_bin_the_first_layer():
+    model = nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 5e-4, 0.2, -0.4], [2.0, -0.6, 1e-7, 0.3]]))
+        model[2].weight.copy_(torch.tensor([[0.5, -3.0]]))
+    stats = weight_stats(model)
+    assert stats["sparsity"] == pytest.approx(3 / 10)  # 0, 5e-4, 1e-7 of the 10 weights; biases do not count
+    assert stats["zeros"] == pytest.approx(2 / 10)
+    assert stats["first_sparsity"] == pytest.approx(3 / 8)
+    assert stats["max"] == pytest.approx(3.0)
+    every = np.array([0, 5e-4, 0.2, -0.4, 2.0, -0.6, 1e-7, 0.3, 0.5, -3.0])
+    assert stats["rms"] == pytest.approx(np.sqrt(np.mean(every ** 2)), rel=1e-6)
+    hist = np.array(stats["first_hist"])
+    assert hist.sum() == 8 and len(hist) == len(HIST_EDGES) - 1
+    assert hist[-1] == 1  # 2.0 lies outside [-1, 1] and is clipped into the last bin
+    assert stats["first_quantiles"][0] == pytest.approx(np.quantile(np.abs(every[:8]), 0.5), rel=1e-6)
+
+
+@pytest.mark.parametrize("dropout", [nn.Dropout(0.5), ClassicDropout(0.5)])
+def test_mc_dropout_averages_thinned_nets_and_leaves_the_global_generator_alone(dropout):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), dropout, nn.Linear(16, 3))
+    x, y = torch.randn(200, 5), torch.randint(0, 3, (200,))
+    state = torch.get_rng_state()
+    found = mc_dropout(model, x, y, samples=8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert model.training  # restored
+    model.eval()
+    assert found["deterministic"] == pytest.approx(float((model(x).argmax(1) == y).float().mean()))
+    assert len(found["ensemble"]) == 8
+    # The same seed draws the same masks: the result is reproducible.
+    assert mc_dropout(model, x, y, samples=8) == found
+
+
+def test_mc_dropout_of_one_mask_is_one_thinned_net():
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+    x, y = torch.randn(50, 3), torch.randint(0, 2, (50,))
+    found = mc_dropout(model, x, y, samples=1)
+    assert found["ensemble"] == [pytest.approx(found["single"])]
+
+
+def test_within_is_supported_inside_the_tolerance_and_refuted_outside():
+    assert within([0.001, -0.002, 0.0, 0.001], 0.01, "diff").verdict == "supported"
+    assert within([0.05, 0.06, 0.055], 0.01, "diff").verdict == "refuted"
+    assert within([0.001, -0.002], 0.01, "diff").verdict == "inconclusive"
+
+
+def test_early_stopping_claim_compares_with_the_unstopped_minimum():
+    curves = [[2.0, 1.0, 1.5, 1.8], [2.0, 1.8, 1.1, 1.6], [1.9, 1.2, 1.3, 1.7]]
+    none = [run(c, seed=s) for s, c in enumerate(curves)]
+    near = [run(extras={"best_epoch": val_min_epoch(n)}) for n in none]
+    far = [run(extras={"best_epoch": val_min_epoch(n) + 5}) for n in none]
+    assert claim_early_stopping({"runs": {"none": none, "early_stopping": near}}).verdict == "supported"
+    assert claim_early_stopping({"runs": {"none": none, "early_stopping": far}}).verdict == "refuted"
+
+
+def test_gap_claim_is_refuted_when_one_technique_widens_the_gap():
+    def arm(gaps):
+        return [run(final={"val_acc": 1.0 - g}, extras={"clean_train": {"acc": 1.0}}) for g in gaps]
+
+    runs = {a: arm([0.30, 0.32, 0.31]) for a in ARMS}
+    runs["none"] = arm([0.60, 0.62, 0.65])
+    assert claim_gap({"runs": runs}).verdict == "supported"
+    runs["dropout"] = arm([0.80, 0.83, 0.81])
+    result = claim_gap({"runs": runs})
+    assert result.verdict == "refuted" and result.numbers["dropout: diff"] == pytest.approx(0.8133 - 0.6233, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_the_study_runs_end_to_end_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
+    calls = []
+    real = trainlab.store.train
+    monkeypatch.setattr(trainlab.store, "train", lambda *a, **k: calls.append(1) or real(*a, **k))
+    (outcome,) = run_studies(["regularization"], mode="smoke", out=tmp_path, progress=False)
+    assert len(calls) == len(ARMS) * STUDIES["regularization"].smoke.seeds
+    assert [c.key for c in outcome.claims] == [c.key for c in STUDIES["regularization"].claims]
+    assert {c.verdict for c in outcome.claims} == {"inconclusive"}  # two seeds decide nothing
+    assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
+    assert outcome.tables and all(t.rows for t in outcome.tables)
+    (again,) = run_studies(["regularization"], mode="smoke", out=tmp_path, progress=False)
+    assert len(calls) == len(ARMS) * STUDIES["regularization"].smoke.seeds
+    assert (again.runs_trained, again.runs_cached) == (0, outcome.runs_trained)
+    assert np.allclose([v for c in again.claims for v in c.numbers.values()],
+                       [v for c in outcome.claims for v in c.numbers.values()], equal_nan=True)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import trainlab.store
+from trainlab.schedules import SCHEDULES, preview
+from trainlab.studies import STUDIES, run_studies
+from trainlab.studies.schedules import (NO_WARMUP, SCHEDULE_NAMES, SPIKE_CAP, WARMUP, best_lr, claim_cosine,
+                                        claim_decay, claim_warmup, schedule_specs, start_instability, steps_to_target)
+
+
+def test_the_study_covers_every_registered_schedule():
+    assert set(SCHEDULE_NAMES) == set(SCHEDULES.names())
+    assert set(schedule_specs(18, 2)) == set(SCHEDULE_NAMES)
+
+
+def test_schedule_shapes_follow_the_run_length():
+    epochs, per_epoch = 18, 5
+    total = epochs * per_epoch
+    specs = {name: SCHEDULES.create(spec) for name, spec in schedule_specs(epochs, 2).items()}
+    step = preview(specs["step"], total, per_epoch)
+    # Divided by 10 at epochs 6 and 12: 1% at the end, like exponential decay.
+    assert step[6 * per_epoch - 1] == 1.0 and step[6 * per_epoch] == pytest.approx(0.1)
+    assert step[-1] == pytest.approx(0.01)
+    exponential = preview(specs["exponential"], total + 1, per_epoch)
+    assert exponential[total] == pytest.approx(0.01, rel=1e-4)
+    # Cycles of 6 and 12 epochs end with the run: no restart, the last step is annealed.
+    restarts = preview(specs["cosine_restarts"], total, per_epoch)
+    assert restarts[6 * per_epoch] == 1.0 and restarts[-1] < 0.01
+    assert specs["plateau"].patience_epochs == 2
+
+
+def test_start_instability_is_peak_and_mean_change_relative_to_the_first_loss():
+    peak, rough = start_instability([2.0, 4.0, 1.0, 1.0, 100.0], window=4)
+    assert peak == pytest.approx(2.0)
+    assert rough == pytest.approx((1.0 + 1.5 + 0.0) / 3)
+    peak, rough = start_instability([2.0, float("nan"), 2.0], window=3)
+    assert peak == SPIKE_CAP
+    assert rough == pytest.approx(2 * (SPIKE_CAP - 1) / 2)
+    # A window longer than the run (stopped early) uses what there is.
+    assert start_instability([1.0, 3.0], window=10) == (3.0, 2.0)
+    with pytest.raises(ValueError, match="window"):
+        start_instability([1.0, 2.0], window=1)
+    with pytest.raises(ValueError, match="first step loss"):
+        start_instability([float("inf"), 2.0], window=2)
+
+
+def test_steps_to_target_is_the_step_count_of_the_first_epoch_at_the_target():
+    history = [{"step": 10, "val_acc": 0.3}, {"step": 20, "val_acc": float("nan")}, {"step": 30, "val_acc": 0.61},
+               {"step": 40, "val_acc": 0.5}]
+    assert steps_to_target(history, "val_acc", 0.6) == 30
+    assert steps_to_target(history, "val_acc", 0.3) == 10
+    assert steps_to_target(history, "val_acc", 0.7) is None
+
+
+def test_best_lr_maximizes_mean_validation_accuracy_and_breaks_ties_to_the_smaller():
+    assert best_lr({0.1: [0.5, 0.6], 0.3: [0.6, 0.61]}) == 0.3
+    assert best_lr({0.3: [0.5], 0.1: [0.5]}) == 0.1
+
+
+def _accs(**means: float) -> dict[str, list[float]]:
+    noise = np.array([0.004, -0.003, 0.001, -0.002])
+    return {name: list(mean + noise * (1 + i)) for i, (name, mean) in enumerate(means.items())}
+
+
+def test_cosine_and_decay_claims_follow_the_accuracies():
+    r = {"test_acc": _accs(constant=0.60, step=0.63, exponential=0.62, cosine=0.66)}
+    assert claim_cosine(r).verdict == "supported"
+    assert claim_decay(r).verdict == "supported"
+    r = {"test_acc": _accs(constant=0.66, step=0.70, exponential=0.64, cosine=0.60)}
+    assert claim_cosine(r).verdict == "refuted"
+    assert claim_decay(r).verdict == "refuted"  # exponential and cosine lose to constant
+    r = {"test_acc": {k: v[:2] for k, v in _accs(constant=0.6, step=0.6, exponential=0.6, cosine=0.7).items()}}
+    assert claim_cosine(r).verdict == "inconclusive"  # two seeds decide nothing
+
+
+def test_warmup_claim_needs_a_lower_peak_and_a_better_end():
+    calm, spiky = [1.0, 1.01, 1.0, 1.02], [3.0, 2.1, 5.0, 2.6]
+    good, bad = [0.56, 0.58, 0.55, 0.57], [0.47, 0.46, 0.48, 0.45]
+    r = {"peak": {WARMUP: calm, NO_WARMUP: spiky}, "stability_acc": {WARMUP: good, NO_WARMUP: bad}}
+    assert claim_warmup(r).verdict == "supported"
+    r["stability_acc"] = {WARMUP: bad, NO_WARMUP: good}
+    assert claim_warmup(r).verdict == "refuted"
+
+
+@pytest.mark.slow
+def test_the_study_runs_end_to_end_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
+    (outcome,) = run_studies(["schedules"], mode="smoke", out=tmp_path, progress=False)
+    assert [c.key for c in outcome.claims] == [c.key for c in STUDIES["schedules"].claims]
+    assert {c.verdict for c in outcome.claims} == {"inconclusive"}  # the smoke budget has two seeds
+    assert len(outcome.figures) == 4 and all((tmp_path / f.path).is_file() for f in outcome.figures)
+    assert outcome.tables and all(t.rows for t in outcome.tables)
+    calls = []
+    monkeypatch.setattr(trainlab.store, "train", lambda *a, **k: calls.append(a))
+    (again,) = run_studies(["schedules"], mode="smoke", out=tmp_path, progress=False)
+    assert calls == [] and again.runs_trained == 0 and again.runs_cached == outcome.runs_trained
+    assert [c.evidence for c in again.claims] == [c.evidence for c in outcome.claims]
