@@ -110,3 +110,12 @@ def test_ablate_prints_a_ranked_table(tmp_path, tiny):
                                  "--quiet", "--out", str(tmp_path / "ab")])
     assert result.exit_code == 0, result.output
     assert "norm: none -> batch" in result.output and (tmp_path / "ab" / "ablation.html").is_file()
+
+
+def test_lr_find_suggests_a_rate_and_plots(tmp_path, tiny):
+    plot = tmp_path / "lr.png"
+    result = runner.invoke(app, ["lr-find", str(write(tmp_path, tiny)), "--steps", "30", "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "suggested lr:" in result.output and plot.stat().st_size > 1000
+    bad = runner.invoke(app, ["lr-find", str(write(tmp_path, tiny)), "--min-lr", "1", "--max-lr", "0.1"])
+    assert bad.exit_code == 2 and "min_lr" in bad.output

@@ -23,7 +23,7 @@ _EXPORTS = {
     "diagnose": "trainlab.diagnostics", "doctor": "trainlab.diagnostics", "Diagnostics": "trainlab.diagnostics",
     "probe_forward": "trainlab.diagnostics", "find_problems": "trainlab.diagnostics",
     "run_studies": "trainlab.studies", "run_study": "trainlab.studies", "ablate": "trainlab.studies",
-    "STUDIES": "trainlab.studies",
+    "STUDIES": "trainlab.studies", "lr_range_test": "trainlab.lr_range",
     "DATASETS": "trainlab.data", "PREPROCESSORS": "trainlab.data", "AUGMENTATIONS": "trainlab.augment",
 }
 

@@ -137,6 +137,27 @@ def schedule(spec: str = typer.Argument(..., help="A schedule name or YAML mappi
         console().print(f"plot: {plot}")
 
 
+@app.command("lr-find")
+@user_errors
+def lr_find(config: Path = typer.Argument(..., help="A run config (YAML); its optimizer and data are used."),
+            min_lr: float = typer.Option(1e-6, "--min-lr", help="First learning rate."),
+            max_lr: float = typer.Option(10.0, "--max-lr", help="Last learning rate."),
+            steps: int = typer.Option(100, "--steps", min=2, help="Steps of the exponential sweep."),
+            set_: list[str] = typer.Option([], "--set", help="Override a config value: --set optimizer.name=sgd."),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="Write the loss-vs-lr curve here (PNG).")) -> None:
+    """LR range test (Smith 2017): raise the lr every step, watch the loss, suggest a learning rate."""
+    from trainlab.config import load_config
+    from trainlab.lr_range import lr_range_test, save_lr_range_plot
+
+    result = lr_range_test(load_config(config, set_), min_lr, max_lr, steps)
+    con = console()
+    con.print(f"suggested lr: {result.suggested_lr:.3g} ({result.rule}; minimum loss at {result.min_loss_lr:.3g}, "
+              f"steepest descent at {result.steepest_lr:.3g})", highlight=False)
+    con.print(f"stopped: {result.stopped_reason} ({len(result.lrs)} steps)", highlight=False)
+    if plot is not None:
+        con.print(f"plot: {save_lr_range_plot(result, plot)}", highlight=False)
+
+
 @app.command()
 @user_errors
 def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
