@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/trainlab train examples/mnist1d_cnn.yaml "$@"
+exec .venv/bin/trainlab study all --quick "$@"
