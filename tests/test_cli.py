@@ -43,6 +43,16 @@ def test_train_writes_a_run_directory_and_prints_json(tmp_path, tiny):
     assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
 
 
+def test_train_with_probes_stores_the_diagnostics_record(tmp_path, tiny):
+    from trainlab.diagnostics import DiagnosticsRecord
+
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(write(tmp_path, tiny)), "--out", str(out), "--quiet", "--probes"])
+    assert result.exit_code == 0, result.output
+    record = DiagnosticsRecord.load(out)
+    assert len(record.steps) > 0 and "blocks.0.act" in record.layers
+
+
 @pytest.mark.parametrize("patch,sets,message", [
     ({"optimizer": {"name": "adamx"}}, [], "Did you mean 'adam"),
     ({"optimizer": {"name": "adam", "lr": -0.1}}, [], "The 'lr' parameter of adam must be greater than 0"),

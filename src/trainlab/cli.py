@@ -85,7 +85,9 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
           resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
           as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
-          tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Also record per-layer diagnostics "
+          probes: bool = typer.Option(False, "--probes", help="Record per-layer activation and gradient statistics "
+                                                               "into the run directory (diagnostics.npz/.json)."),
+          tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Record the probes (as --probes) "
                                                      "and export them for TensorBoard into this folder.")) -> None:
     """Train one config; write the run directory (config, metrics, summary, checkpoint)."""
     from trainlab.config import load_config
@@ -94,10 +96,11 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{config.stem}-{config_hash(cfg)[:8]}"
     callbacks = []
-    if tensorboard is not None:
+    if probes or tensorboard is not None:
         from trainlab.diagnostics import Diagnostics, _summary_writer_class
 
-        _summary_writer_class()  # fail before training if tensorboard is not installed
+        if tensorboard is not None:
+            _summary_writer_class()  # fail before training if tensorboard is not installed
         callbacks.append(Diagnostics(out_dir=out, tensorboard_dir=tensorboard))
     result = train_run(cfg, out, callbacks=callbacks, progress=not quiet, resume=resume, description=config.stem)
     if as_json:
