@@ -41,3 +41,14 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
