@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.callbacks import Callback
+from trainlab.checkpoints import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -276,11 +277,11 @@ class DiagnosticsRecord:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {k: getattr(self, k) for k in _ARRAY_FIELDS}
-        np.savez_compressed(directory / "diagnostics.npz", **arrays)
+        atomic_write(directory / "diagnostics.npz", lambda f: np.savez_compressed(f, **arrays))
         info = {"layers": self.layers, "layer_kinds": self.layer_kinds, "params": self.params,
                 "param_shapes": [list(s) for s in self.param_shapes], "history": self.history, "meta": self.meta,
                 "layer_fields": list(LAYER_FIELDS), "param_fields": list(PARAM_FIELDS)}
-        (directory / "diagnostics.json").write_text(json.dumps(info, indent=1, default=float))
+        atomic_write_text(directory / "diagnostics.json", json.dumps(info, indent=1, default=float))
         return directory
 
     @classmethod
@@ -799,10 +800,7 @@ class DiagnosisReport:
                 f"<h2>Final metrics</h2><table>{final}</table>{figures}</body></html>")
 
     def write_html(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_html(), encoding="utf-8")
-        return path
+        return atomic_write_text(path, self.to_html())
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "findings": [f.to_dict() for f in self.findings], "final": self.final}

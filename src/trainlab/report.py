@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
+from trainlab.checkpoints import atomic_write, atomic_write_text  # noqa: E402
+
 if TYPE_CHECKING:
     from trainlab.studies.base import StudyOutcome
 
@@ -100,8 +102,7 @@ def bars_figure(groups: Mapping[str, Sequence[float]], *, title: str, ylabel: st
 
 def save_figure(fig: Any, path: Path) -> Path:
     """Write ``fig`` as a PNG (parents created) and close it; returns ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -110,9 +111,7 @@ def save_figure(fig: Any, path: Path) -> Path:
 def save_outcome(outcome: StudyOutcome, out_dir: Path) -> Path:
     """Store an outcome as JSON under ``out_dir/outcomes``; figure paths are kept relative to ``out_dir``."""
     path = Path(out_dir) / OUTCOMES_DIR / f"{outcome.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(outcome.to_dict(), indent=1, default=_json_default))
-    return path
+    return atomic_write_text(path, json.dumps(outcome.to_dict(), indent=1, default=_json_default))
 
 
 def load_outcomes(out_dir: Path) -> list[StudyOutcome]:
@@ -250,10 +249,8 @@ def write_report(outcomes: Sequence[StudyOutcome], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for outcome in outcomes:
-        (out_dir / f"{outcome.name}.html").write_text(study_page(outcome, out_dir), encoding="utf-8")
-    index = out_dir / "index.html"
-    index.write_text(index_page(outcomes), encoding="utf-8")
-    return index
+        atomic_write_text(out_dir / f"{outcome.name}.html", study_page(outcome, out_dir))
+    return atomic_write_text(out_dir / "index.html", index_page(outcomes))
 
 
 def render_report(out_dir: str | Path) -> Path:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from trainlab.callbacks import Callback
+from trainlab.checkpoints import atomic_write, atomic_write_text
 from trainlab.config import load_config
 from trainlab.stats import Evidence, Verdict
 from trainlab.store import RunResult, Store
@@ -249,9 +250,9 @@ class StudyContext:
         plain = {k: v for k, v in values.items() if k not in arrays}
         stem.parent.mkdir(parents=True, exist_ok=True)
         if arrays:
-            np.savez_compressed(arrays_path, **arrays)
+            atomic_write(arrays_path, lambda f: np.savez_compressed(f, **arrays))
         # The JSON is written last: its presence marks a complete entry.
-        json_path.write_text(json.dumps(plain, default=_plain))
+        atomic_write_text(json_path, json.dumps(plain, default=_plain))
         return values
 
 
