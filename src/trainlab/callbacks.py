@@ -33,9 +33,11 @@ class StopTraining(Exception):
 
 
 class Callback:
-    """Base class: override the events you need. ``needs_step_loss`` asks the loop for a host sync per step."""
+    """Base class: override the events you need.
 
-    needs_step_loss: bool = False
+    ``trainer.loss`` is a tensor on the device; reading it as a number (``.item()``) costs a host sync, so a callback
+    that does it every step makes every step wait for the device.
+    """
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def on_epoch_start(self, trainer: Trainer) -> None: ...

@@ -204,7 +204,7 @@ def study(name: str = typer.Argument(..., help="A study name, or 'all'. 'trainla
           seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Number of seeds [default: the budget's]."),
           data: Optional[str] = typer.Option(None, "--data", help="Replace the dataset of trained runs: a name "
                                                                   "('digits') or a YAML mapping of data fields."),
-          out: Path = typer.Option(Path("reports"), "--out", help="Report folder (runs are cached in OUT/runs)."),
+          out: Path = typer.Option(Path("reports"), "--out", help="Report folder (runs are cached in OUT/runs/<study>)."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
     """Run a study (or all): train its arms over seeds, test each claim, write the HTML report."""
     from rich.table import Table

@@ -106,8 +106,6 @@ def suggestions(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
 class RangeTestCallback(Callback):
     """Sets the lr of step i to ``lrs[i]``, records each step's loss and stops at the end or on explosion."""
 
-    needs_step_loss = True
-
     def __init__(self, lrs: np.ndarray, beta: float, diverge_factor: float):
         self.lrs, self.beta, self.diverge_factor = lrs, beta, diverge_factor
         self.losses: list[float] = []

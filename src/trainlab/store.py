@@ -140,13 +140,17 @@ def load_model(run_dir: str | Path) -> nn.Module:
 
 
 class Store:
-    """Runs under ``root/runs/<config hash>/``: a config that already ran is loaded, not trained again."""
+    """Runs under ``root/<config hash>/``: a config that already ran is loaded, not trained again.
+
+    What callbacks record goes into a run's extras, and the key is the config alone: keep runs whose callbacks
+    differ (one study's from another's) in different stores.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def run_dir(self, config: RunConfig) -> Path:
-        return self.root / "runs" / config_hash(config)
+        return self.root / config_hash(config)
 
     def has(self, config: RunConfig | dict) -> bool:
         return (self.run_dir(load_config(config)) / "summary.json").is_file()

@@ -80,7 +80,8 @@ def make_context(study: Study, *, mode: Mode = "quick", seeds: int | Sequence[in
     else:
         seed_list = [int(s) for s in seeds]
     out = Path(out)
-    return StudyContext(study.name, mode, budget, seed_list, out, Store(out), data, progress)
+    # One store per study: a run's extras come from its study's callbacks, which the config hash does not cover.
+    return StudyContext(study.name, mode, budget, seed_list, out, Store(out / "runs" / study.name), data, progress)
 
 
 def run_study(study: Study, ctx: StudyContext) -> StudyOutcome:
@@ -100,7 +101,7 @@ def run_studies(names: str | Sequence[str] = "all", *, mode: Mode = "quick",
 
     ``mode`` picks each study's budget (``"quick"``: >= 3 seeds; ``"full"``: >= 5; ``"smoke"``: the tests' tiny
     one); ``seeds`` replaces its seed count; ``data`` replaces the dataset of trained runs. Runs are cached in
-    ``out/runs`` by config hash, so a second call trains nothing new. The index lists every outcome stored in
+    ``out/runs/<study>`` by config hash, so a second call trains nothing new. The index lists every outcome stored in
     ``out``, including those of earlier calls. ``on_outcome`` is called after each study (the CLI prints a line).
     """
     from trainlab.report import render_report
@@ -172,7 +173,7 @@ def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3
     base = resolved.model_dump(mode="json")
     variants = toggles(resolved)
     budget = Budget(seeds=seeds, epochs=resolved.epochs, train_size=resolved.data.train_size)
-    ctx = StudyContext("ablation", "quick", budget, list(range(seeds)), Path(out), Store(out))
+    ctx = StudyContext("ablation", "quick", budget, list(range(seeds)), Path(out), Store(Path(out) / "runs"))
     with _progress(progress) as bars:
         ctx.progress = bars
         runs = ctx.train_arms(base, {"baseline": {}, **variants})

@@ -115,8 +115,6 @@ def path_2d(spec: dict[str, Any], steps: int) -> dict[str, np.ndarray]:
 class StepRecorder(Callback):
     """Stores in ``extras`` the loss of every step and the median effective learning rate at every epoch end."""
 
-    needs_step_loss = True
-
     def on_fit_start(self, trainer: Any) -> None:
         self.losses: list[float] = []
         self.rates: list[float] = []

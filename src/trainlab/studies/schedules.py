@@ -75,8 +75,6 @@ def schedule_specs(epochs: int, plateau_patience: int) -> dict[str, dict[str, An
 class StepLoss(Callback):
     """Stores the loss of every step in ``extras["step_loss"]``."""
 
-    needs_step_loss = True
-
     def on_fit_start(self, trainer: Any) -> None:
         self.losses: list[float] = []
 
