@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from trainlab.callbacks import Callback, early_stopping_decision
+from trainlab.callbacks import Callback, EarlyStopping, NonFiniteGuard, early_stopping_decision
+from trainlab.registry import ConfigError
 from trainlab.store import Store, load_result, train
 from trainlab.trainer import build_trainer
 
@@ -30,6 +32,13 @@ def test_early_stopping_min_delta_and_non_finite():
     assert early_stopping_decision([1.0, 0.995, 0.99], "min", 2, min_delta=0.02)[:2] == (True, 0)
     stop, _, reason = early_stopping_decision([1.0, math.nan], "min", 5)
     assert stop and "nan" in reason
+
+
+def test_callback_arguments_are_validated():
+    with pytest.raises(ValueError, match="'mode' parameter of EarlyStopping must be 'auto', 'min' or 'max'"):
+        EarlyStopping(mode="mx")
+    with pytest.raises(ValueError, match="'every_steps' parameter of NonFiniteGuard must be >= 1. Got 0"):
+        NonFiniteGuard(every_steps=0)
 
 
 def test_training_learns_moons(tiny):
@@ -94,6 +103,56 @@ def test_early_stopping_stops_and_restores_best(tiny):
     result = train(tiny)
     assert result.final["stopped_reason"].startswith("early stopping")
     assert result.extras["best_epoch"] == 1 and result.final["epochs_run"] == 3
+    # The restored weights are epoch 1's: the final validation loss is the one logged then.
+    assert result.extras["restored_epoch"] == 1
+    assert result.final["val_loss"] == pytest.approx(result.history[0]["val_loss"], rel=1e-6)
+
+
+def test_the_epoch_that_stops_training_is_still_logged(tiny, tmp_path):
+    tiny.update(epochs=60, early_stopping={"patience": 2, "min_delta": 0.5})
+    result = train(tiny, tmp_path / "run")
+    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
+    assert len(rows) == result.final["epochs_run"] == 3
+
+
+def test_resuming_a_stopped_run_does_not_train_on(tiny, tmp_path):
+    tiny.update(epochs=60, early_stopping={"patience": 2, "min_delta": 0.5})
+    first = train(tiny, tmp_path / "run")
+    again = train(tiny, tmp_path / "run", resume=True)
+    assert again.final["epochs_run"] == first.final["epochs_run"] == 3
+    assert again.final["stopped_reason"] == first.final["stopped_reason"]
+    assert again.final["test_acc"] == first.final["test_acc"]
+
+
+def test_resume_needs_a_run_directory(tiny):
+    with pytest.raises(ValueError, match="'resume' argument needs 'out_dir'"):
+        train(tiny, resume=True)
+
+
+@pytest.mark.parametrize("patch,val_fraction,message", [
+    ({"early_stopping": {"monitor": "val_loss"}}, 0,
+     "'early_stopping.monitor' parameter names 'val_loss'.*no validation split"),
+    ({"early_stopping": {"monitor": "val_los"}}, 0.1, "Did you mean 'val_loss'"),
+    ({"schedule": {"name": "plateau", "monitor": "val_acc"}}, 0, "'schedule.monitor' parameter names 'val_acc'"),
+])
+def test_a_monitor_that_is_never_logged_fails_before_training(tiny, patch, val_fraction, message):
+    tiny["data"]["val_fraction"] = val_fraction
+    with pytest.raises(ConfigError, match=message):
+        build_trainer({**tiny, **patch})
+
+
+def test_regression_rejects_accuracy_monitors_and_label_smoothing(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    np.savez(tmp_path / "reg.npz", x=x, y=x @ np.array([2.0, -1.0, 0.5]))
+    cfg = {"data": {"dataset": {"name": "npz", "path": str(tmp_path / "reg.npz")}},
+           "model": {"name": "mlp", "depth": 1, "width": 8}, "epochs": 2}
+    final = build_trainer(cfg).fit()
+    assert "val_loss" in final and "val_acc" not in final
+    with pytest.raises(ConfigError, match="accuracy is logged for classification only"):
+        build_trainer({**cfg, "early_stopping": {"monitor": "val_acc"}})
+    with pytest.raises(ConfigError, match="'label_smoothing' parameter of RunConfig applies to classification"):
+        build_trainer({**cfg, "label_smoothing": 0.1})
 
 
 def test_l2_penalty_shrinks_weights(tiny):

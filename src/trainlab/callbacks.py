@@ -101,6 +101,9 @@ class EarlyStopping(Callback):
                  restore_best: bool = True):
         if patience < 0:
             raise ValueError(f"The 'patience' parameter of EarlyStopping must be >= 0. Got {patience} instead.")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"The 'mode' parameter of EarlyStopping must be 'auto', 'min' or 'max'. "
+                             f"Got {mode!r} instead.")
         self.monitor, self.mode = monitor, metric_mode(monitor, mode)
         self.patience, self.min_delta, self.restore_best = patience, min_delta, restore_best
         self.values: list[float] = []
@@ -137,6 +140,8 @@ class NonFiniteGuard(Callback):
     """
 
     def __init__(self, every_steps: int = 25):
+        if every_steps < 1:
+            raise ValueError(f"The 'every_steps' parameter of NonFiniteGuard must be >= 1. Got {every_steps} instead.")
         self.every_steps = every_steps
 
     def on_step_end(self, trainer: Trainer) -> None:

@@ -144,6 +144,8 @@ def format_validation_error(err: ValidationError, raw: Any, owner: str) -> str:
                 parent = str(node["name"])
             elif isinstance(node, str):
                 parent = node
+            elif isinstance(p, str):  # a plain section (early_stopping, data): name it by its key
+                parent = p
         msg = e["msg"]
         etype = e["type"]
         if etype == "extra_forbidden":

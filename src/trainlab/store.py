@@ -78,6 +78,9 @@ def train(config: RunConfig | dict | str | Path, out_dir: str | Path | None = No
     """
     from trainlab.trainer import build_trainer
 
+    if resume and out_dir is None:
+        raise ValueError("The 'resume' argument needs 'out_dir', the run directory holding the checkpoint. "
+                         "Got out_dir=None instead.")
     config = load_config(config)
     resolved = config.model_dump(mode="json")
     run_callbacks = list(callbacks)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from trainlab.callbacks import Callback, StopTraining
 from trainlab.data import Data
+from trainlab.registry import ConfigError, suggest
 
 
 class Trainer:
@@ -44,7 +45,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         self._fire("on_fit_start")
         try:
-            while self.epoch < self.epochs:
+            # A resumed run that had already stopped (early stopping, divergence) stays stopped.
+            while self.epoch < self.epochs and not self.stopped_reason:
                 self._epoch()
         except StopTraining as stop:
             self.stopped_reason = str(stop)
@@ -127,8 +129,16 @@ class Trainer:
         return final
 
     def _fire(self, event: str) -> None:
+        # Every callback sees the event before a stop takes effect, so the epoch that ends training is still
+        # logged, shown and checkpointed; the first callback's reason wins.
+        stop: StopTraining | None = None
         for cb in self.callbacks:
-            getattr(cb, event)(self)
+            try:
+                getattr(cb, event)(self)
+            except StopTraining as e:
+                stop = stop or e
+        if stop is not None:
+            raise stop
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs besides the config: weights, optimizer, schedule, callbacks, RNG, counters."""
@@ -141,7 +151,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch": self.epoch, "step": self.step, "elapsed_s": self.elapsed_s,
-            "history": self.history, "extras": self.extras,
+            "history": self.history, "extras": self.extras, "stopped_reason": self.stopped_reason,
         }
 
     def _stateful_callbacks(self) -> dict[str, Callback]:
@@ -172,6 +182,32 @@ class Trainer:
         self.history = list(state["history"])
         self.metrics = dict(self.history[-1]) if self.history else {}
         self.extras = dict(state["extras"])
+        # Checkpoints written before the reason was part of the state hold none: they resume as unstopped.
+        self.stopped_reason = state.get("stopped_reason", "")
+
+
+def epoch_metric_names(data: Data) -> list[str]:
+    """The metrics ``Trainer`` logs at each epoch's end for this data (what a monitor may name)."""
+    names = ["epoch", "step", "train_loss"]
+    if data.task == "classification":
+        names.append("train_acc")
+    if len(data.y_val):
+        names += ["val_loss", "val_acc"] if data.task == "classification" else ["val_loss"]
+    return names + ["lr", "time_s"]
+
+
+def _check_monitor(monitor: str, path: str, data: Data) -> None:
+    logged = epoch_metric_names(data)
+    if monitor in logged:
+        return
+    if monitor.startswith("val_") and not len(data.y_val):
+        why = "there is no validation split: data.val_fraction is 0. "
+    elif monitor.endswith("_acc") and data.task != "classification":
+        why = f"accuracy is logged for classification only; this data is a {data.task} task. "
+    else:
+        why = suggest(monitor, logged)
+    raise ConfigError(f"The '{path}' parameter names {monitor!r}, which this run does not log; {why}"
+                      f"Logged metrics: {', '.join(logged)}.")
 
 
 def default_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
@@ -215,6 +251,14 @@ def build_trainer(config: Any, callbacks: Sequence[Callback] = (), *, model: nn.
     seeds = seeds_for(config.seed)
     torch.manual_seed(seeds["torch"])
     data = (data if data is not None else load_data(config.data)).to(device)
+    # A monitor or a loss option that cannot apply fails now, not after the first epoch (or silently).
+    if config.early_stopping is not None:
+        _check_monitor(config.early_stopping.monitor, "early_stopping.monitor", data)
+    if config.schedule.name == "plateau":
+        _check_monitor(config.schedule.monitor, "schedule.monitor", data)
+    if config.label_smoothing and data.task != "classification":
+        raise ConfigError(f"The 'label_smoothing' parameter of RunConfig applies to classification only; this "
+                          f"data is a {data.task} task. Got {config.label_smoothing} instead; use 0.")
     if model is None:
         model = config.model.build(data.input_shape, data.num_outputs, torch.Generator().manual_seed(seeds["init"]))
     model = model.to(device)
@@ -230,9 +274,11 @@ def build_trainer(config: Any, callbacks: Sequence[Callback] = (), *, model: nn.
         standard.append(GradientNoise(config.gradient_noise, noise))
     if config.grad_clip:
         standard.append(GradClip(config.grad_clip))
+    # The guard comes first so a diverged run is reported as such, not as an early stop on a NaN metric.
+    standard.append(NonFiniteGuard())
     if config.early_stopping is not None:
         standard.append(EarlyStopping(**config.early_stopping.model_dump()))
-    standard.append(NonFiniteGuard())
     return Trainer(model, data, optimizer, lr=lr, loss_fn=default_loss(data.task, config.label_smoothing),
                    penalties=penalties, callbacks=[*standard, *callbacks], epochs=config.epochs,
-                   batch_size=config.data.batch_size, eval_batch_size=config.data.eval_batch_size, generator=torch.Generator().manual_seed(seeds["data"]))
+                   batch_size=config.data.batch_size, eval_batch_size=config.data.eval_batch_size,
+                   generator=torch.Generator().manual_seed(seeds["data"]))
