@@ -55,7 +55,8 @@ def test_bad_override_paths(tiny, override, message):
     ({"epochs": "many"}, "The 'epochs' parameter of RunConfig must be a valid integer"),
     ({"optimiser": {"name": "adam"}}, "RunConfig has no parameter 'optimiser'"),
     ({"regularizers": [{"name": "l2", "strength": 1e-4}, {"name": "l1", "strenght": 1}]},
-     "regularizers[1].strenght: l1 has no parameter 'strenght'"),
+     "regularizers[1]: l1 has no parameter 'strenght'. Did you mean 'strength'?"),
+    ({"data": {"batchsize": 3}}, "data: data has no parameter 'batchsize'. Did you mean 'batch_size'?"),
 ])
 def test_validation_errors_name_path_value_and_rule(tiny, patch, message):
     with pytest.raises(ConfigError) as err:

@@ -312,3 +312,62 @@ def test_diagnose_takes_arrays_and_rejects_other_data():
     with pytest.raises(ValueError, match="'steps'"):
         diagnose(nn.Linear(3, 1), (x, x), steps=0)
     assert math.isfinite(report.final["train_loss"])
+
+
+def test_an_unused_parameter_is_not_an_exploding_gradient():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.spare = nn.Linear(4, 6), nn.Linear(6, 2), nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    report = diagnose(Unused(), _data(64), steps=24, batch_size=8)
+    assert np.isnan(report.record.param("spare.weight", "grad_norm")).all()
+    assert "exploding_gradients" not in [f.code for f in report.findings]
+
+
+def test_a_model_without_probed_layers_still_gets_a_page_and_a_parameterless_one_a_clear_error(tmp_path):
+    class Raw(nn.Module):
+        # Weights used through matmul: no activation modules, no Linear/Conv layers to hook.
+        def __init__(self):
+            super().__init__()
+            self.w1 = nn.Parameter(torch.randn(4, 6) * 0.5)
+            self.w2 = nn.Parameter(torch.randn(6, 2) * 0.5)
+
+        def forward(self, x):
+            return torch.relu(x @ self.w1) @ self.w2
+
+    torch.manual_seed(0)
+    report = diagnose(Raw(), _data(64), steps=24, batch_size=8)
+    assert report.record.layers == [] and len(report.record.steps) > 0
+    assert set(record_figures(report.record)) == {"Loss", "Gradient norms", "Update ratios"}
+    page = report.write_html(tmp_path / "doctor.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+
+    class NoParams(nn.Module):
+        def forward(self, x):
+            return x[:, :2]
+
+    with pytest.raises(ValueError, match="must have parameters"):
+        diagnose(NoParams(), _data(64), steps=4)
+
+
+def test_diagnose_rejects_a_regression_output_that_would_broadcast_against_the_targets():
+    class Squeezed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.a(x).squeeze(1)  # (N,) against (N, 1) targets: MSE would broadcast to (N, N)
+
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"outputs of shape \(2,\)"):
+        diagnose(Squeezed(), (x, x[:, 0] * 2), steps=4, batch_size=8)
+    # With its own loss the user decides what the shapes mean.
+    report = diagnose(Squeezed(), (x, x[:, 0] * 2), lambda out, y: ((out - y[:, 0]) ** 2).mean(), steps=4,
+                      batch_size=8)
+    assert len(report.record.losses) == 4  # one epoch: 32 training samples, 8 per batch

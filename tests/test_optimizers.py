@@ -155,7 +155,7 @@ def test_implementation_prefers_fused_then_foreach():
                                   "Got (0.9, 1.0) instead."),
     ("adamw", "betas", (-0.1, 0.999), "The 'betas' parameter of adamw must be two floats in [0, 1). "
                                       "Got (-0.1, 0.999) instead."),
-    ("sgd", "momentum", 0.9, "sgd has no parameter 'momentum'."),
+    ("sgd", "momentum", 0.9, "sgd has no parameter 'momentum'. Available: lr, weight_decay, decay_all."),
 ])
 def test_invalid_values_are_rejected_with_clear_messages(name, field, value, expected):
     raw = {"name": name, field: value}

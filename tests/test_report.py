@@ -106,3 +106,10 @@ def test_render_report_without_outcomes_says_what_to_run(tmp_path):
 def test_a_study_name_that_is_not_a_plain_identifier_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="snake_case"):
         _outcome(tmp_path, name="../evil")
+
+
+def test_mean_band_leaves_a_gap_where_every_run_is_missing():
+    # Every seed diverged (NaN) at the first point: the mean there is NaN, not a flattering 0.
+    mean, low, high = mean_band(np.array([[np.nan, 1.0], [np.nan, 3.0]]))
+    assert np.isnan([mean[0], low[0], high[0]]).all()
+    assert mean[1] == 2.0

@@ -291,3 +291,14 @@ def test_ablate_ranks_every_toggle_against_the_baseline(tmp_path):
     changes = [row[2] for row in outcome.tables[0].rows]
     assert changes == sorted(changes, reverse=True)  # accuracy: the most helpful first
     assert (tmp_path / "ablation.html").is_file()
+
+
+def test_ablate_rejects_too_few_seeds_and_a_config_without_validation_split(tmp_path, train_calls):
+    from trainlab.studies import ablate
+
+    with pytest.raises(ValueError, match="'seeds'"):
+        ablate({**BASE, "epochs": 1}, seeds=0, out=tmp_path, progress=False)
+    no_val = {**BASE, "epochs": 1, "data": {**BASE["data"], "val_fraction": 0.0}}
+    with pytest.raises(ConfigError, match="val_fraction"):
+        ablate(no_val, seeds=2, out=tmp_path, progress=False)
+    assert train_calls == []  # rejected before anything was trained

@@ -16,15 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from trainlab.data import DataConfig
 from trainlab.models import MODELS
 from trainlab.optimizers import OPTIMIZERS
-from trainlab.registry import ConfigError, format_validation_error, suggest
+from trainlab.registry import ConfigError, Section, format_validation_error, suggest
 from trainlab.regularizers import REGULARIZERS
 from trainlab.schedules import SCHEDULES
 
 
-class EarlyStoppingConfig(BaseModel):
+class EarlyStoppingConfig(Section):
     """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` epochs (Prechelt 1998)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    @classmethod
+    def owner_name(cls) -> str:
+        return "early_stopping"
+
     monitor: str = "val_loss"
     mode: Literal["auto", "min", "max"] = "auto"
     patience: int = Field(10, ge=0)
@@ -32,7 +35,7 @@ class EarlyStoppingConfig(BaseModel):
     restore_best: bool = True
 
 
-class RunConfig(BaseModel):
+class RunConfig(Section):
     """Everything one training run needs; its hash keys the run in a store."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)

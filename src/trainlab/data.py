@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from trainlab.augment import AUGMENTATIONS, Augmentation
-from trainlab.registry import Component, ConfigError, Registry
+from trainlab.registry import Component, ConfigError, Registry, Section
 
 Task = Literal["classification", "regression"]
 
@@ -426,10 +426,12 @@ class MinMax(Preprocessor):
 
 # --- configuration, splits and batches ------------------------------------------------------------------------------
 
-class DataConfig(BaseModel):
+class DataConfig(Section):
     """Which data, how it is split, preprocessed, augmented and batched."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    @classmethod
+    def owner_name(cls) -> str:
+        return "data"
 
     dataset: DATASETS.field() = Mnist1d()
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training split held out for validation")

@@ -619,7 +619,10 @@ def _median(x: np.ndarray) -> float:
 
 
 def _gradient_findings(r: DiagnosticsRecord) -> list[Finding]:
-    weights = r.weight_params
+    # A parameter the forward pass never uses has no gradient (NaN at every sampled step) and finite weights that
+    # never move; it says nothing about gradient flow. A NaN gradient of a diverged run makes the weights NaN too.
+    weights = [n for n in r.weight_params
+               if not (np.isnan(r.param(n, "grad_norm")).all() and np.isfinite(r.param(n, "weight_norm")).all())]
     if len(weights) < 2 or not len(r.steps):
         return []
     shapes = dict(zip(r.params, r.param_shapes))
@@ -637,7 +640,9 @@ def _gradient_findings(r: DiagnosticsRecord) -> list[Finding]:
             f"gradient RMS ratio {_fmt(depth_ratio)}",
             "a variance-preserving init (he_normal for relu, xavier_normal for tanh); batch norm; grad_clip; "
             "lower lr"))
-    ratio = _median(rms[first] / np.where(rms[last] > 0, rms[last], np.nan))
+    # A diverged run has inf/inf and NaN ratios; _median drops them, so numpy need not warn about them.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = _median(rms[first] / np.where(rms[last] > 0, rms[last], np.nan))
     if ratio < VANISH_RATIO:
         findings.append(Finding(
             "vanishing_gradients", first, None, "warning",
@@ -835,6 +840,23 @@ def _as_data(data: Any, val_fraction: float, seed: int) -> Data:
                 int(y.max()) + 1 if classification else None)
 
 
+def _check_regression_output(model: nn.Module, data: Data) -> None:
+    """MSE of an (N,) output against (N, 1) targets broadcasts to (N, N): a loss the model cannot lower, which the
+    rules would misread as underfitting. One forward pass (eval mode, no gradient) catches the mismatch first."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.x_train[:2])
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor) or out.shape != data.y_train[:2].shape:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"diagnose trains a regression model with MSE, which needs outputs shaped like the targets "
+                         f"(N, {data.y_train.shape[1]}). Got outputs of shape {shape} for 2 samples instead; return "
+                         f"(N, {data.y_train.shape[1]}) or pass a 'loss_fn'.")
+
+
 def diagnose(model: nn.Module, data: Any, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
              optimizer: Any = None, *, steps: int = 300, batch_size: int = 64, every: int | None = None,
              val_fraction: float = 0.2, seed: int = 0) -> DiagnosisReport:
@@ -855,8 +877,14 @@ def diagnose(model: nn.Module, data: Any, loss_fn: Callable[[Tensor, Tensor], Te
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"The '{name}' parameter of diagnose must be an int >= 1. Got {value!r} instead.")
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ValueError(f"The 'model' argument of diagnose must have parameters to train. Got "
+                         f"{type(model).__name__} with none instead.")
+    device = first.device
     data = _as_data(data, val_fraction, seed).to(device)
+    if loss_fn is None and data.task == "regression":
+        _check_regression_output(model, data)
     if not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = OPTIMIZERS.create(optimizer if optimizer is not None else "adamw").build(model)
     probes = Diagnostics(every if every is not None else _sampling_interval(steps))

@@ -155,12 +155,21 @@ def plot_loss(record: DiagnosticsRecord) -> Any:
 
 
 def record_figures(record: DiagnosticsRecord) -> dict[str, Any]:
-    """Every figure of a record, by title (none when nothing was sampled)."""
+    """Every figure of a record that has data, by title (only the loss when nothing was sampled).
+
+    A model with neither activation modules nor Linear/Conv layers (weights used through ``x @ w``) has no probed
+    layers, and one without weight matrices no per-layer gradient lines: those figures are left out.
+    """
+    figures = {"Loss": plot_loss(record)} if len(record.losses) else {}
     if not len(record.steps):
-        return {"Loss": plot_loss(record)} if len(record.losses) else {}
-    return {"Loss": plot_loss(record), "Activation histograms": plot_layer_histograms(record),
-            "Activations over time": plot_histogram_over_time(record), "Gradient norms": plot_grad_norms(record),
-            "Update ratios": plot_update_ratios(record)}
+        return figures
+    if record.layers:
+        figures["Activation histograms"] = plot_layer_histograms(record)
+        figures["Activations over time"] = plot_histogram_over_time(record)
+    if record.weight_params:
+        figures["Gradient norms"] = plot_grad_norms(record)
+        figures["Update ratios"] = plot_update_ratios(record)
+    return figures
 
 
 def png_base64(fig: Any) -> str:

@@ -10,18 +10,49 @@ import difflib
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SerializeAsAny, ValidationError, model_serializer
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, SerializeAsAny, ValidationError, model_serializer,
+                      model_validator)
 
 
 class ConfigError(ValueError):
     """Bad user input: a config value, a name, a file. Its message is meant to be shown as is."""
 
 
-class Component(BaseModel):
+def suggest(name: str, choices: list[str]) -> str:
+    """'Did you mean ...? ' for the closest choice, or ''."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"Did you mean '{close[0]}'? " if close else ""
+
+
+class Section(BaseModel):
+    """A frozen config model that answers an unknown key with the closest known one and the list of all."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def owner_name(cls) -> str:
+        return cls.__name__
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            fields = list(cls.model_fields)
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ValueError(f"{cls.owner_name()} has no parameter {key!r}. {suggest(str(key), fields)}"
+                                     f"Available: {', '.join(fields) or 'none'}.")
+        return data
+
+
+class Component(Section):
     """Base of every registered component: frozen, unknown keys rejected; ``model_dump()`` includes ``name``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=False)
     name: ClassVar[str] = ""
+
+    @classmethod
+    def owner_name(cls) -> str:
+        return cls.name or cls.__name__
 
     @model_serializer(mode="wrap")
     def _with_name(self, handler: Any) -> dict[str, Any]:
@@ -39,12 +70,6 @@ C = TypeVar("C", bound=Component)
 
 def _a(word: str) -> str:
     return ("An " if word[0] in "aeiou" else "A ") + word
-
-
-def suggest(name: str, choices: list[str]) -> str:
-    """'Did you mean ...? ' for the closest choice, or ''."""
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f"Did you mean '{close[0]}'? " if close else ""
 
 
 class Registry(Generic[C]):

@@ -37,13 +37,14 @@ VERDICT_COLORS = {"supported": "#1a7f37", "refuted": "#cf222e", "inconclusive": 
 def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and Student-t ``confidence`` interval over the rows of ``values`` (seeds x points), NaN = missing.
 
-    Points seen by fewer than two seeds get a zero-width band (there is no spread to estimate).
+    Points seen by fewer than two seeds get a zero-width band (there is no spread to estimate); points no seed has
+    (every run diverged to NaN there) are NaN, a gap in the plot, not 0.
     """
     values = np.asarray(values, dtype=float)
     if values.ndim != 2:
         raise ValueError(f"values must be a 2-D array (seeds x points). Got shape {values.shape} instead.")
     n = np.sum(~np.isnan(values), axis=0)
-    mean = np.nansum(values, axis=0) / np.maximum(n, 1)
+    mean = np.where(n > 0, np.nansum(values, axis=0) / np.maximum(n, 1), np.nan)
     sd = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / np.maximum(n - 1, 1))
     half = sps.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
     half = np.where(n >= 2, np.nan_to_num(half), 0.0)

@@ -168,8 +168,14 @@ def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3
 
     from trainlab.report import bars_figure, save_outcome, write_report
 
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"The 'seeds' parameter of ablate must be an int >= 1. Got {seeds!r} instead.")
     start = time.perf_counter()
     resolved = load_config(config)
+    # The ranking is by a validation metric; without a validation split there is none to rank by.
+    if resolved.data.val_fraction == 0:
+        raise ConfigError("ablate ranks techniques by their validation metric, so the config needs a validation "
+                          "split: the 'val_fraction' parameter of data must be in (0, 1). Got 0 instead.")
     base = resolved.model_dump(mode="json")
     variants = toggles(resolved)
     budget = Budget(seeds=seeds, epochs=resolved.epochs, train_size=resolved.data.train_size)
