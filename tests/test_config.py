@@ -24,6 +24,16 @@ def test_override_swapping_a_component_keeps_shared_fields(tiny):
     assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.01
 
 
+def test_swapping_a_name_shared_by_two_registries_uses_the_right_one(tiny):
+    # 'constant' is both an initializer (field: value) and a schedule (fields: warmup_*).
+    tiny["model"]["init"] = {"name": "constant", "value": 0.5}
+    cfg = load_config(tiny, ["model.init.name=normal"])
+    assert cfg.model.init.name == "normal" and cfg.model.init.std == 0.01
+    tiny["schedule"] = {"name": "constant", "warmup_steps": 3}
+    cfg = load_config(tiny, ["schedule.name=cosine"])
+    assert cfg.schedule.name == "cosine" and cfg.schedule.warmup_steps == 3
+
+
 def test_override_reaches_into_lists(tiny):
     tiny["data"]["augment"] = [{"name": "shift", "max_shift": 2}]
     cfg = load_config(tiny, ["data.augment.0.max_shift=5"])

@@ -130,13 +130,14 @@ def _swap_component(node: dict[str, Any], name: Any) -> None:
     from trainlab.activations import ACTIVATIONS
 
     old = node.get("name")
-    for registry in (MODELS, OPTIMIZERS, SCHEDULES, REGULARIZERS, DATASETS, PREPROCESSORS, AUGMENTATIONS,
-                     INITIALIZERS, ACTIVATIONS):
-        if old in registry:
-            fields = registry.get(name).model_fields if isinstance(name, str) and name in registry else {}
-            for key in [k for k in node if k != "name" and k not in fields]:
-                del node[key]
-            break
+    # A name can live in two registries ('constant' is a schedule and an initializer): prefer the one with both.
+    owners = [r for r in (MODELS, OPTIMIZERS, SCHEDULES, REGULARIZERS, DATASETS, PREPROCESSORS, AUGMENTATIONS,
+                          INITIALIZERS, ACTIVATIONS) if old in r]
+    owners.sort(key=lambda r: name not in r)
+    if owners:
+        fields = owners[0].get(name).model_fields if isinstance(name, str) and name in owners[0] else {}
+        for key in [k for k in node if k != "name" and k not in fields]:
+            del node[key]
     node["name"] = name
 
 

@@ -118,6 +118,7 @@ class Trainer:
         """Final metrics: the last epoch's, then test metrics of the model as it is now (best weights if restored)."""
         final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
         final.pop("epoch", None)
+        final.pop("step", None)  # reported as "steps" below
         if len(self.data.y_val):
             final.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
         if len(self.data.y_test):

@@ -79,6 +79,8 @@ def make_context(study: Study, *, mode: Mode = "quick", seeds: int | Sequence[in
         seed_list = list(range(seeds))
     else:
         seed_list = [int(s) for s in seeds]
+        if not seed_list:
+            raise ValueError("The 'seeds' parameter must hold at least one seed. Got an empty list instead.")
     out = Path(out)
     # One store per study: a run's extras come from its study's callbacks, which the config hash does not cover.
     return StudyContext(study.name, mode, budget, seed_list, out, Store(out / "runs" / study.name), data, progress)
