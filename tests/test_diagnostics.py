@@ -10,6 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 from torch import nn
+from torch.nn import functional as F
 
 from trainlab.callbacks import Callback
 from trainlab.data import Data
@@ -28,15 +29,6 @@ from trainlab.diagnostics import (
 )
 from trainlab.diagnostics_figures import plot_activation_histograms, record_figures
 from trainlab.trainer import Trainer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest, and steadiest on a shared machine, on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- probes ---------------------------------------------------------------------------------------------------------
@@ -94,7 +86,7 @@ def test_dead_channels_of_a_conv_output_need_zero_at_every_position():
     assert (s.dead, s.units) == (1, 2)
 
 
-def test_a_reused_module_and_a_model_without_activation_modules():
+def test_a_reused_module_and_a_model_without_activations():
     act = nn.Tanh()
 
     class Twice(nn.Module):
@@ -107,16 +99,81 @@ def test_a_reused_module_and_a_model_without_activation_modules():
 
     assert list(probe_forward(Twice(), torch.randn(4, 3))) == ["act", "act#2"]
 
-    class Functional(nn.Module):
+    class Linear(nn.Module):
         def __init__(self):
             super().__init__()
             self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
 
         def forward(self, x):
-            return self.b(torch.relu(self.a(x)))
+            return self.b(self.a(x).clamp(min=0))  # no activation module or function: the layers are probed
 
-    stats = probe_forward(Functional(), torch.randn(4, 3))
+    stats = probe_forward(Linear(), torch.randn(4, 3))
     assert list(stats) == ["a", "b"] and stats["a"].kind == "Linear" and stats["a"].units == 5
+
+
+class _Functional(nn.Module):
+    """Linear layers with the activations applied as functions, in every spelling torch offers."""
+
+    def __init__(self, width: int = 6):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(6))
+
+    def forward(self, x):
+        a, b, c, d, e, f = self.layers
+        h = torch.sigmoid(a(x))
+        h = F.relu(b(h))  # F.relu calls torch.relu inside: one call, not two
+        h = c(h).tanh()
+        h = F.leaky_relu(d(h), 0.1)
+        h = e(h).relu()
+        return F.gelu(f(h))
+
+
+class _Modules(nn.Module):
+    """The same network as _Functional with activation modules."""
+
+    def __init__(self, width: int = 6):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(6))
+        self.acts = nn.ModuleList([nn.Sigmoid(), nn.ReLU(), nn.Tanh(), nn.LeakyReLU(0.1), nn.ReLU(), nn.GELU()])
+
+    def forward(self, x):
+        for layer, act in zip(self.layers, self.acts):
+            x = act(layer(x))
+        return x
+
+
+def test_probe_forward_on_a_functional_model_returns_the_activation_outputs():
+    torch.manual_seed(0)
+    functional, modules = _Functional(), _Modules()
+    with torch.no_grad():
+        functional.layers[1].bias.fill_(-5.0)  # most units of relu#1 die
+    modules.layers.load_state_dict(functional.layers.state_dict())
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+    got, want = probe_forward(functional, x, bins=8), probe_forward(modules, x, bins=8)
+    assert list(got) == ["sigmoid#1", "relu#1", "tanh#1", "leaky_relu#1", "relu#2", "gelu#1"]
+    assert [s.kind for s in got.values()] == ["Sigmoid", "ReLU", "Tanh", "LeakyReLU", "ReLU", "GELU"]
+    for g, w in zip(got.values(), want.values()):
+        assert (g.kind, g.mean, g.std, g.saturated, g.dead, g.units, g.hist_range) == \
+            (w.kind, w.mean, w.std, w.saturated, w.dead, w.units, w.hist_range)
+        np.testing.assert_array_equal(g.hist, w.hist)
+    h = torch.sigmoid(functional.layers[0](x)).detach().numpy()
+    assert got["sigmoid#1"].mean == pytest.approx(h.mean(), rel=1e-6)
+    near = (h <= SATURATION_MARGIN) | (h >= 1 - SATURATION_MARGIN)
+    assert got["sigmoid#1"].saturated == pytest.approx(near.mean())
+    r = F.relu(functional.layers[1](torch.tensor(h))).detach().numpy()
+    assert got["relu#1"].dead == int((r.max(0) <= 0).sum()) > 0
+
+
+def test_activation_modules_are_probed_and_functional_calls_beside_them_are_not_counted_again():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+        def forward(self, x):
+            return torch.sigmoid(self.net(x))
+
+    assert list(probe_forward(Mixed(), torch.randn(5, 3))) == ["net.1"]
 
 
 def test_probe_forward_rejects_bad_arguments():
@@ -175,6 +232,60 @@ def test_callback_samples_every_n_steps_and_matches_a_manual_computation():
     assert len(r.history) == 2 and r.history[-1]["epoch"] == 2
     assert r.meta["task"] == "classification" and r.meta["num_classes"] == 2 and r.meta["probed"] == "activations"
     assert r.input_scales.shape == (4,)
+
+
+class _Watched(nn.Module):
+    """Sigmoid then ``relus`` ReLUs (a function of the step: a forward whose calls vary), applied as functions;
+    notes at every forward (training or not) whether a TorchFunctionMode was active."""
+
+    def __init__(self, relus=lambda step: 1):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.relus, self.calls, self.mode_active = relus, 0, []
+
+    def forward(self, x):
+        self.mode_active.append((self.training, torch.overrides._is_torch_function_mode_enabled()))
+        h = torch.sigmoid(self.a(x))
+        for _ in range(self.relus(self.calls)):
+            h = torch.relu(h)
+        self.calls += 1
+        return self.b(h)
+
+
+def test_functional_calls_are_captured_in_the_sampled_forwards_only_under_stable_names():
+    torch.manual_seed(0)
+    model, probes = _Watched(), Diagnostics(every=3)
+    # A loss that calls an activation function: it is not part of the model and must not be probed.
+    trainer = Trainer(model, _data(), torch.optim.SGD(model.parameters(), lr=0.1), callbacks=[probes], epochs=2,
+                      batch_size=8, loss_fn=lambda out, y: F.cross_entropy(torch.sigmoid(out), y))
+    trainer.fit()
+    r = probes.record()
+    training = [active for train, active in model.mode_active if train]
+    assert training == [step % 3 == 0 for step in range(12)]
+    assert not any(active for train, active in model.mode_active if not train)  # the validation forwards
+    assert r.meta["probed"] == "functional" and "notes" not in r.meta
+    assert r.layers == ["sigmoid#1", "relu#1"] and r.layer_kinds == ["Sigmoid", "ReLU"]
+    assert np.isfinite(r.layer_stats[:, :, LAYER_FIELDS.index("mean")]).all()
+    assert r.layer("relu#1", "units").tolist() == [6] * 4
+
+
+def test_a_forward_whose_activation_calls_vary_gets_a_note_not_a_crash():
+    torch.manual_seed(0)
+    model, probes = _Watched(relus=lambda step: 2 if step == 3 else 1), Diagnostics(every=3)
+    Trainer(model, _data(), torch.optim.SGD(model.parameters(), lr=0.1), callbacks=[probes], epochs=2,
+            batch_size=8).fit()
+    r = probes.record()
+    assert r.layers == ["sigmoid#1", "relu#1"] and r.steps.tolist() == [0, 3, 6, 9]
+    means = r.layer_stats[:, :, LAYER_FIELDS.index("mean")]
+    assert np.isnan(means[1]).all() and np.isfinite(means[[0, 2, 3]]).all()
+    assert np.isfinite(r.param_stats[1, :, PARAM_FIELDS.index("grad_norm")]).all()
+    (note,) = r.meta["notes"]
+    assert "1 of 4 sampled steps (the first at step 3)" in note and "relu#2" in note
+    report = DiagnosisReport(find_problems(r), r)
+    console = Console(record=True, width=400)
+    report.render(console)
+    assert "relu#2" in console.export_text()
+    assert "relu#2 (6 units)" in report.to_html()
 
 
 def test_record_round_trips_through_npz_and_json(tmp_path):
@@ -289,6 +400,9 @@ def test_report_renders_a_table_and_an_escaped_self_contained_page(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page and "a &lt; b &amp; c" in page
     assert page.count("data:image/png;base64,") == len(record_figures(report.record)) == 5
     assert "src='http" not in page
+    # Readable at laptop width: the page scales to the screen and the wide findings table scrolls in its own box.
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert "<div class='scroll'><table>" in page and ".scroll{overflow-x:auto}" in page
     empty = DiagnosisReport([], report.record)
     console = Console(record=True, width=120)
     empty.render(console)
@@ -331,14 +445,14 @@ def test_an_unused_parameter_is_not_an_exploding_gradient():
 
 def test_a_model_without_probed_layers_still_gets_a_page_and_a_parameterless_one_a_clear_error(tmp_path):
     class Raw(nn.Module):
-        # Weights used through matmul: no activation modules, no Linear/Conv layers to hook.
+        # Weights used through matmul, a ReLU written as a clamp: nothing to hook or capture.
         def __init__(self):
             super().__init__()
             self.w1 = nn.Parameter(torch.randn(4, 6) * 0.5)
             self.w2 = nn.Parameter(torch.randn(6, 2) * 0.5)
 
         def forward(self, x):
-            return torch.relu(x @ self.w1) @ self.w2
+            return (x @ self.w1).clamp(min=0) @ self.w2
 
     torch.manual_seed(0)
     report = diagnose(Raw(), _data(64), steps=24, batch_size=8)

@@ -8,24 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from trainlab.config import load_config
 from trainlab.data import DataConfig, load_data
 from trainlab.diagnostics import diagnose, doctor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest, and steadiest on a shared machine, on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def mlp(depth: int, width: int, activation: str = "relu", init: object = "auto") -> dict:
@@ -99,6 +92,61 @@ def test_diagnose_finds_dead_units_in_a_users_own_model():
         model[2].bias.fill_(-3.0)
     report = diagnose(model, data, steps=300)
     assert report.top.code == "dead_units", _describe(report)
+
+
+class FunctionalMLP(nn.Module):
+    """A user's MLP that applies its activation as a function (``torch.sigmoid``, ``F.relu``) or, with
+    ``module=True``, through activation modules; otherwise the same network."""
+
+    def __init__(self, sizes: list[int], activation, module: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = activation
+        self.acts = nn.ModuleList(_MODULES[activation]() for _ in sizes[2:]) if module else None
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers[:-1]):
+            x = self.acts[i](layer(x)) if self.acts is not None else self.activation(layer(x))
+        return self.layers[-1](x)
+
+
+_MODULES = {torch.sigmoid: nn.Sigmoid, F.relu: nn.ReLU}
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_data(DataConfig(dataset="digits"))
+    return data.x_train, data.y_train
+
+
+def _sigmoid_normal_init(module: bool) -> FunctionalMLP:
+    torch.manual_seed(0)
+    model = FunctionalMLP([64] + [100] * 6 + [10], torch.sigmoid, module)
+    for layer in model.layers:
+        nn.init.normal_(layer.weight, 0.0, 1.0)
+    return model
+
+
+def test_diagnose_finds_saturation_in_a_functional_sigmoid_model():
+    # 7 Linear layers with N(0, 1) weights and torch.sigmoid between them: the same problem as sigmoid_normal_init.
+    report = diagnose(_sigmoid_normal_init(module=False), _digits())
+    assert report.top.code == "saturation" and report.top.layer.startswith("sigmoid#"), _describe(report)
+    assert report.record.meta["probed"] == "functional"
+    # The same network with nn.Sigmoid modules sees the same numbers under the modules' names.
+    with_modules = diagnose(_sigmoid_normal_init(module=True), _digits()).record
+    assert with_modules.layers == [f"acts.{i}" for i in range(6)]
+    assert report.record.layers == [f"sigmoid#{i}" for i in range(1, 7)]
+    np.testing.assert_array_equal(report.record.layer_stats, with_modules.layer_stats)
+    np.testing.assert_array_equal(report.record.hists, with_modules.hists)
+
+
+def test_diagnose_finds_dead_units_in_a_functional_relu_model():
+    torch.manual_seed(0)
+    model = FunctionalMLP([64, 64, 64, 10], F.relu)
+    with torch.no_grad():
+        model.layers[0].bias.fill_(-3.0)
+        model.layers[1].bias.fill_(-3.0)
+    report = diagnose(model, _digits(), steps=300)
+    assert report.top.code == "dead_units" and report.top.layer.startswith("relu#"), _describe(report)
 
 
 # example file: (planted problem, the override its comment names as the fix)

@@ -1,11 +1,12 @@
 """Diagnostics: probes that see inside every layer, and rules that turn what they see into findings with a fix.
 
-Probes work on any ``nn.Module``. Forward hooks on the activation modules (or, for a model that applies its
-activations functionally, on its Linear/Conv layers) record per layer: mean, std, the fraction of values near the
-bounds of a bounded activation (sigmoid, tanh), the number of dead units of a ReLU (units that output 0 for every
-sample of the batch), and a histogram. Per parameter they record the gradient norm and std, the weight norm, the
-update-to-weight ratio ``||w_{t+1} - w_t|| / ||w_t||`` of one optimizer step, and how far the rows of a weight
-matrix are from identical (symmetric units never separate).
+Probes work on any ``nn.Module``. Forward hooks on the activation modules record per layer (a model that applies its
+activations as functions, ``torch.sigmoid(x)`` or ``F.relu(x)``, is probed at those calls through a
+TorchFunctionMode on sampled forwards only; a model with neither at its Linear/Conv layers): mean, std, the fraction
+of values near the bounds of a bounded activation (sigmoid, tanh), the number of dead units of a ReLU (units that
+output 0 for every sample of the batch), and a histogram. Per parameter they record the gradient norm and std, the
+weight norm, the update-to-weight ratio ``||w_{t+1} - w_t|| / ||w_t||`` of one optimizer step, and how far the rows
+of a weight matrix are from identical (symmetric units never separate).
 
 ``probe_forward(model, x)`` takes one forward pass; the ``Diagnostics`` callback samples every ``every`` steps of a
 training run into a ``DiagnosticsRecord`` (npz + json, no pickle); ``find_problems(record)`` applies the rules;
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from trainlab.callbacks import Callback
 from trainlab.checkpoints import atomic_write, atomic_write_text
@@ -53,6 +56,21 @@ BOUNDS: dict[type[nn.Module], tuple[float, float]] = {nn.Sigmoid: (0.0, 1.0), nn
 # Units of these modules are dead when they output exactly 0 for every input: their gradient is 0 there too.
 # (Leaky ReLU, ELU, GELU, SiLU keep a non-zero gradient for negative inputs, so their units cannot die this way.)
 ZERO_FLOOR_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
+# Activation functions a forward may call instead of using modules, each with the name its calls are probed under
+# and the module class of its family (so the bounds and the zero floor above apply). ``F.sigmoid`` and ``F.tanh``
+# call the Tensor methods.
+FUNCTIONAL_ACTIVATIONS: dict[Any, tuple[str, type[nn.Module]]] = {
+    func: (name, family) for name, family, funcs in (
+        ("sigmoid", nn.Sigmoid, (torch.sigmoid, torch.sigmoid_, Tensor.sigmoid, Tensor.sigmoid_)),
+        ("tanh", nn.Tanh, (torch.tanh, torch.tanh_, Tensor.tanh, Tensor.tanh_)),
+        ("relu", nn.ReLU, (torch.relu, torch.relu_, Tensor.relu, Tensor.relu_, F.relu, F.relu_)),
+        ("relu6", nn.ReLU6, (F.relu6,)),
+        ("leaky_relu", nn.LeakyReLU, (F.leaky_relu, F.leaky_relu_)),
+        ("elu", nn.ELU, (F.elu, F.elu_)),
+        ("gelu", nn.GELU, (F.gelu,)),
+        ("selu", nn.SELU, (torch.selu, torch.selu_, F.selu)),
+        ("silu", nn.SiLU, (F.silu,)),
+    ) for func in funcs}
 
 # One row of per-layer statistics, as stored; NaN where a statistic does not apply to the layer.
 LAYER_FIELDS = ("mean", "std", "saturated", "dead", "units", "nonfinite")
@@ -96,8 +114,10 @@ def probed_modules(model: nn.Module) -> tuple[str, dict[str, nn.Module]]:
     return "layers", {name: m for name, m in model.named_modules() if isinstance(m, WEIGHT_MODULES)}
 
 
-def _activation_stats(module: nn.Module, out: Tensor, bins: int, margin: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(LAYER_FIELDS row, histogram counts, (lo, hi)) as tensors on the output's device, with no host sync."""
+def _activation_stats(family: type[nn.Module], out: Tensor, bins: int,
+                      margin: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(LAYER_FIELDS row, histogram counts, (lo, hi)) of the output of a ``family`` layer (an activation or
+    Linear/Conv module class), as tensors on the output's device, with no host sync."""
     out = out.detach().float()
     finite = torch.isfinite(out)
     x = torch.where(finite, out, torch.zeros((), device=out.device))
@@ -105,7 +125,7 @@ def _activation_stats(module: nn.Module, out: Tensor, bins: int, margin: float) 
     per_unit = x.reshape(x.shape[0], x.shape[1] if x.ndim > 1 else 1, -1)
     units = per_unit.shape[1]
     nan = torch.full((), float("nan"), device=x.device)
-    bounds = next((b for t, b in BOUNDS.items() if isinstance(module, t)), None)
+    bounds = next((b for t, b in BOUNDS.items() if issubclass(family, t)), None)
     if bounds is not None:
         lo, hi = (torch.tensor(b, device=x.device) for b in bounds)
         band = margin * (bounds[1] - bounds[0])
@@ -113,7 +133,7 @@ def _activation_stats(module: nn.Module, out: Tensor, bins: int, margin: float) 
     else:
         lo, hi = x.min(), x.max()
         saturated = nan
-    if isinstance(module, ZERO_FLOOR_MODULES):
+    if issubclass(family, ZERO_FLOOR_MODULES):
         dead = (per_unit.amax(dim=(0, 2)) <= 0).sum().float()
     else:
         dead = nan
@@ -126,36 +146,116 @@ def _activation_stats(module: nn.Module, out: Tensor, bins: int, margin: float) 
     return row, counts, torch.stack([lo, lo + width])
 
 
+class _FunctionalCapture(TorchFunctionMode):
+    """Hands the output of every functional activation call made while it is active to ``on_call``.
+
+    torch leaves a mode while it runs the mode's handler, so the statistics computed in ``on_call`` and the
+    functions an activation calls internally (``F.relu`` calls ``torch.relu``) are not seen a second time.
+    """
+
+    def __init__(self, on_call: Callable[[tuple[str, type[nn.Module]], Any], None]):
+        super().__init__()
+        self.on_call = on_call
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        family = FUNCTIONAL_ACTIVATIONS.get(func)
+        if family is not None:
+            self.on_call(family, out)
+        return out
+
+
+# One call made during a forward pass: its name (``sigmoid#2``), kind (``Sigmoid``) and number of units.
+_Call = tuple[str, str, int]
+
+
 class _ActivationProbe:
-    """Forward hooks that compute per-layer statistics while attached; a module called twice gets ``name#2``."""
+    """Per-layer statistics of the forward passes made while attached.
+
+    A model with activation modules is probed at them (forward hooks; a module called twice gets ``name#2``). A model
+    without any is probed at the activation functions its forward calls (``torch.sigmoid``, ``F.relu``,
+    ``x.tanh()``, ...), named ``<fn>#<k>`` for the k-th call of that function in the forward pass, through a
+    TorchFunctionMode that is entered only around the root module's forward while attached; a model that calls none
+    is probed at its Linear/Conv outputs (pre-activations). The first forward watches both and fixes the choice
+    (``mode``) for the later ones.
+    """
 
     def __init__(self, model: nn.Module, bins: int, margin: float):
-        self.mode, self.modules = probed_modules(model)
+        kind, self.modules = probed_modules(model)
+        self.model = model
+        # None until the first forward decides between functional calls and Linear/Conv layers.
+        self.mode: Literal["activations", "functional", "layers"] | None = (
+            "activations" if kind == "activations" else None)
         self.bins, self.margin = bins, margin
-        self.results: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self.kinds: dict[str, str] = {}
+        # The calls of the first forward probed functionally: later forwards must make the same ones, or their
+        # ``<fn>#<k>`` names would not mean the same layers.
+        self.reference: list[_Call] | None = None
+        self._hooked: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self._called: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self.calls: list[_Call] = []
+        self._counts: dict[str, int] = {}
+        self._capture: _FunctionalCapture | None = None
         self._handles: list[Any] = []
 
     def attach(self) -> None:
-        self.results = {}
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(name or type(module).__name__)))
+        self._hooked, self._called, self.calls, self._counts = {}, {}, [], {}
+        if self.mode != "functional":
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._hook(name or type(module).__name__)))
+        if self.mode in (None, "functional"):
+            self._handles.append(self.model.register_forward_pre_hook(self._enter_capture))
+            self._handles.append(self.model.register_forward_hook(self._exit_capture, always_call=True))
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
+    def collect(self) -> dict[str, tuple[Tensor, Tensor, Tensor]] | None:
+        """The statistics of the forwards since ``attach``, by layer; None when a functionally probed model made
+        other activation calls than in its first probed forward."""
+        if self.mode is None:
+            self.mode = "functional" if self._called else "layers"
+        if self.mode != "functional":
+            return dict(self._hooked)
+        if self.reference is None:
+            self.reference = list(self.calls)
+        return dict(self._called) if self.calls == self.reference else None
+
+    def _enter_capture(self, module: nn.Module, args: Any) -> None:
+        self._capture = _FunctionalCapture(self._record_call)
+        self._capture.__enter__()
+
+    def _exit_capture(self, module: nn.Module, args: Any, output: Any) -> None:
+        # Registered with always_call, so a forward that raises leaves no mode behind; it also runs when an earlier
+        # pre-hook raised before ours entered one.
+        if self._capture is not None:
+            self._capture.__exit__(None, None, None)
+            self._capture = None
+
+    def _record_call(self, family: tuple[str, type[nn.Module]], out: Any) -> None:
+        if not isinstance(out, Tensor) or out.ndim == 0:
+            return
+        fn, cls = family
+        self._counts[fn] = self._counts.get(fn, 0) + 1
+        key = f"{fn}#{self._counts[fn]}"
+        with torch.no_grad():
+            self._called[key] = _activation_stats(cls, out, self.bins, self.margin)
+        self.kinds[key] = cls.__name__
+        self.calls.append((key, cls.__name__, out.shape[1] if out.ndim > 1 else 1))
+
     def _hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not isinstance(output, Tensor) or output.ndim == 0:
                 return
             key, k = name, 1
-            while key in self.results:
+            while key in self._hooked:
                 k += 1
                 key = f"{name}#{k}"
             with torch.no_grad():
-                self.results[key] = _activation_stats(module, output, self.bins, self.margin)
+                self._hooked[key] = _activation_stats(type(module), output, self.bins, self.margin)
             self.kinds[key] = type(module).__name__
 
         return hook
@@ -170,20 +270,21 @@ def _layer_stats(kind: str, row: np.ndarray, hist: np.ndarray, rng: np.ndarray) 
 
 def probe_forward(model: nn.Module, x: Tensor, *, bins: int = HIST_BINS,
                   margin: float = SATURATION_MARGIN) -> dict[str, LayerStats]:
-    """Statistics of every probed layer's output for one forward pass of ``x`` (no gradients, mode unchanged)."""
+    """Statistics of every probed layer's output for one forward pass of ``x`` (no gradients, mode unchanged):
+    the activation modules, else the functional activation calls, else the Linear/Conv layers."""
     _check_probe_args(bins, margin)
     probe = _ActivationProbe(model, bins, margin)
-    if not probe.modules:
-        raise ValueError(f"probe_forward found nothing to probe in {type(model).__name__}: it has no activation "
-                         f"modules and no Linear/Conv layers.")
     probe.attach()
     try:
         with torch.no_grad():
             model(x)
     finally:
         probe.detach()
-    return {name: _layer_stats(probe.kinds[name], *(t.cpu().numpy() for t in res))
-            for name, res in probe.results.items()}
+    results = probe.collect()
+    if not results:
+        raise ValueError(f"probe_forward found nothing to probe in {type(model).__name__}: it has no activation "
+                         f"modules, calls no activation functions and has no Linear/Conv layers.")
+    return {name: _layer_stats(probe.kinds[name], *(t.cpu().numpy() for t in res)) for name, res in results.items()}
 
 
 def _check_probe_args(bins: int, margin: float) -> None:
@@ -233,7 +334,8 @@ class DiagnosticsRecord:
     Arrays: ``steps`` (S,), ``layer_stats`` (S, L, len(LAYER_FIELDS)), ``hists`` (S, L, bins), ``hist_ranges``
     (S, L, 2), ``param_stats`` (S, P, len(PARAM_FIELDS)), ``loss_steps``/``losses`` (every step's training loss),
     ``input_scales`` (RMS of each input feature on the first sampled batch). ``history`` is the trainer's per-epoch
-    metrics; ``meta`` holds the task, number of classes, sampling interval and so on.
+    metrics; ``meta`` holds the task, number of classes, sampling interval, what was probed (``probed``:
+    activations, functional or layers), ``notes`` on what could not be probed, and so on.
     """
 
     layers: list[str]
@@ -308,11 +410,11 @@ _ARRAY_FIELDS = ("steps", "layer_stats", "hists", "hist_ranges", "param_stats", 
 class Diagnostics(Callback):
     """Samples layer and parameter statistics every ``every`` steps of training (step 0 included).
 
-    On a sampled step, ``on_step_start`` attaches the forward hooks and snapshots the weights, ``after_backward``
-    detaches the hooks and reads the gradients, and ``on_step_end`` measures the update. The statistics stay small
-    tensors on the device until ``record()`` converts them, so unsampled steps cost no host sync. The training loss
-    of every step is kept the same way. With ``out_dir`` the record is saved there at the end of training; with
-    ``tensorboard_dir`` it is also exported for TensorBoard.
+    On a sampled step, ``on_step_start`` attaches the forward hooks (or the capture of functional activation calls)
+    and snapshots the weights, ``after_backward`` detaches them and reads the gradients, and ``on_step_end``
+    measures the update. The statistics stay small tensors on the device until ``record()`` converts them, so
+    unsampled steps cost no host sync. The training loss of every step is kept the same way. With ``out_dir`` the
+    record is saved there at the end of training; with ``tensorboard_dir`` it is also exported for TensorBoard.
     """
 
     def __init__(self, every: int = DEFAULT_EVERY, *, bins: int = HIST_BINS, margin: float = SATURATION_MARGIN,
@@ -333,6 +435,7 @@ class Diagnostics(Callback):
         self._sampling = False
         self._snapshot: list[Tensor] | None = None
         self._pending: dict[str, Any] = {}
+        self._mismatched: list[tuple[int, list[_Call]]] = []
         self._samples: list[dict[str, Any]] = []
         self._loss_steps: list[int] = []
         self._losses: list[Tensor] = []
@@ -347,8 +450,7 @@ class Diagnostics(Callback):
         data = trainer.data
         self._meta = {"every": self.every, "bins": self.bins, "margin": self.margin, "task": data.task,
                       "num_classes": data.num_classes, "train_size": len(data.x_train),
-                      "model": type(trainer.model).__name__,
-                      "probed": self._probe.mode}
+                      "model": type(trainer.model).__name__}
 
     def on_step_start(self, trainer: Trainer) -> None:
         self._sampling = trainer.step % self.every == 0
@@ -365,9 +467,12 @@ class Diagnostics(Callback):
         if not self._sampling:
             return
         self._probe.detach()
+        layers = self._probe.collect()
+        if layers is None:
+            self._mismatched.append((trainer.step, list(self._probe.calls)))
         with torch.no_grad():
             grads = _grad_stats([p for _, p in self._params])
-        self._pending = {"step": trainer.step, "layers": dict(self._probe.results), "grads": grads}
+        self._pending = {"step": trainer.step, "layers": layers or {}, "grads": grads}
 
     def on_step_end(self, trainer: Trainer) -> None:
         if not self._sampling or not self._pending:
@@ -419,7 +524,28 @@ class Diagnostics(Callback):
             steps=np.array([s["step"] for s in samples], dtype=np.int64), layer_stats=layer_stats, hists=hists,
             hist_ranges=ranges, param_stats=params, loss_steps=np.array(self._loss_steps, dtype=np.int64),
             losses=losses, input_scales=self._input_scales.astype(np.float32),
-            history=[dict(h) for h in self._history], meta=dict(self._meta))
+            history=[dict(h) for h in self._history], meta=self._record_meta())
+
+    def _record_meta(self) -> dict[str, Any]:
+        meta = dict(self._meta, probed=self._probe.mode if self._probe else None)
+        if self._mismatched:
+            step, calls = self._mismatched[0]
+            reference = self._probe.reference
+            meta["notes"] = [
+                f"The activation functions called by {meta['model']}'s forward changed between sampled steps: "
+                f"{len(self._mismatched)} of {len(self._samples)} sampled steps (the first at step {step}) made "
+                f"{_calls_text(calls)} instead of the {_calls_text(reference)} of step "
+                f"{int(self._samples[0]['step'])}. "
+                f"Names like 'relu#2' would not mean the same layer at those steps, so they have no activation "
+                f"statistics; the gradient and weight statistics are complete. Activation modules (nn.ReLU, ...) "
+                f"instead of functions are probed at every step."]
+        return meta
+
+
+def _calls_text(calls: Sequence[_Call]) -> str:
+    names = [f"{name} ({units} units)" for name, _, units in calls]
+    shown = ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
+    return f"{len(calls)} call(s): {shown}" if calls else "no activation calls"
 
 
 def _summary_writer_class() -> type:
@@ -674,7 +800,8 @@ def _activation_findings(r: DiagnosticsRecord) -> list[Finding]:
         return []
     findings = []
     kinds = dict(zip(r.layers, r.layer_kinds))
-    dead = {n: _median(_finite_layer(r, n, "dead")[-max(1, len(r.steps) // 3):] / r.layer(n, "units")[-1])
+    # A layer may lack statistics at some steps (a forward that skipped it): its unit count is the one it had.
+    dead = {n: _median(_finite_layer(r, n, "dead")[-max(1, len(r.steps) // 3):]) / np.nanmax(r.layer(n, "units"))
             for n in r.layers}
     dead = {n: v for n, v in dead.items() if math.isfinite(v)}
     if dead:
@@ -770,9 +897,12 @@ class DiagnosisReport:
 
     def render(self, console: Console) -> None:
         """Print the findings as a rich table (or a line saying there are none)."""
+        from rich.markup import escape
         from rich.table import Table
 
         steps = len(self.record.losses)
+        for note in self.record.meta.get("notes", []):
+            console.print(f"[cyan]note:[/cyan] {escape(note)}", highlight=False)
         if not self.findings:
             console.print(f"[green]No problems found[/green] in {steps} steps.")
             return
@@ -793,15 +923,22 @@ class DiagnosisReport:
             f"<tr><td style='color:{SEVERITY_COLOR[f.severity]}'><b>{esc(f.severity)}</b></td><td>{esc(f.code)}</td>"
             f"<td>{esc(f.layer or '-')}</td><td>{esc('-' if f.step is None else str(f.step))}</td>"
             f"<td>{esc(f.evidence)}</td><td>{esc(f.fix)}</td></tr>" for f in self.findings)
-        table = ("<table><tr><th>severity</th><th>problem</th><th>layer</th><th>step</th><th>evidence</th>"
-                 f"<th>fix</th></tr>{rows}</table>" if self.findings else "<p>No problems found.</p>")
+        # A wide table scrolls inside its own box on a narrow screen instead of widening the page.
+        table = ("<div class='scroll'><table><tr><th>severity</th><th>problem</th><th>layer</th><th>step</th>"
+                 f"<th>evidence</th><th>fix</th></tr>{rows}</table></div>" if self.findings
+                 else "<p>No problems found.</p>")
+        notes = "".join(f"<p class='note'>{esc(note)}</p>" for note in self.record.meta.get("notes", []))
         final = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in self.final.items())
         figures = "".join(f"<h2>{esc(name)}</h2><img alt='{esc(name)}' src='data:image/png;base64,{png_base64(fig)}'>"
                           for name, fig in record_figures(self.record).items())
-        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-                 "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}img{max-width:100%}")
-        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(self.title)}</title>"
-                f"<style>{style}</style></head><body><h1>{esc(self.title)}</h1><h2>Findings</h2>{table}"
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+                 "table{border-collapse:collapse}.scroll{overflow-x:auto}.scroll td{min-width:5em}"
+                 "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}img{max-width:100%}"
+                 ".note{border-left:4px solid #0969da;padding-left:8px}")
+        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+                '<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f"<title>{esc(self.title)}</title>"
+                f"<style>{style}</style></head><body><h1>{esc(self.title)}</h1>{notes}<h2>Findings</h2>{table}"
                 f"<h2>Final metrics</h2><table>{final}</table>{figures}</body></html>")
 
     def write_html(self, path: str | Path) -> Path:
