@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from trainlab.augment import Shift
 from trainlab.data import (DATASETS, PREPROCESSORS, Csv, Data, DataConfig, Digits, MinMax, Mnist1d, Npz,
-                           Standardize, _mnist1d_arrays, load_data)
+                           Standardize, load_data)
 
 
 def counts(y: torch.Tensor, k: int) -> np.ndarray:

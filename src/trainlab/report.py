@@ -101,6 +101,29 @@ def bars_figure(groups: Mapping[str, Sequence[float]], *, title: str, ylabel: st
     return fig
 
 
+def grouped_bars_figure(series: Mapping[str, Mapping[str, Sequence[float]]], *, title: str, ylabel: str,
+                        figsize: tuple[float, float] = (8.0, 4.0), rotate: bool = False) -> tuple[Any, Any]:
+    """Bars grouped by label, one bar per series in each group: the mean over seeds with its 95% t interval.
+
+    ``series`` maps a series name (the legend) to ``{label: values over seeds}``; every series has the same labels.
+    Returns ``(fig, ax)`` so a study can add reference lines before saving.
+    """
+    labels = list(next(iter(series.values())))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=figsize)
+    for i, (name, groups) in enumerate(series.items()):
+        bands = [mean_band(np.asarray(groups[label], dtype=float)[:, None]) for label in labels]
+        mean, low, high = (np.array([float(b[k][0]) for b in bands]) for k in range(3))
+        xs = np.arange(len(labels)) + (i - (len(series) - 1) / 2) * width
+        ax.bar(xs, mean, width, yerr=[mean - low, high - mean], capsize=3, label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, ax
+
+
 def save_figure(fig: Any, path: Path) -> Path:
     """Write ``fig`` as a PNG (parents created) and close it; returns ``path``."""
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))

@@ -46,7 +46,7 @@ from trainlab.activations import ACTIVATIONS as ACTIVATION_REGISTRY
 from trainlab.callbacks import Callback
 from trainlab.diagnostics import Diagnostics, probe_forward, probed_modules
 from trainlab.initializers import Auto
-from trainlab.report import bars_figure, curves_figure, mean_band
+from trainlab.report import bars_figure, curves_figure, grouped_bars_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)
@@ -361,18 +361,10 @@ def _mean(values: list[float]) -> float:
 
 
 def _bench_figure(bench: list[dict[str, Any]], sizes: tuple[int, ...]) -> Any:
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(sizes)
-    for k, size in enumerate(sizes):
-        rel = np.array([[t[a][k] / t["relu"][k] for a in ACTIVATIONS] for t in bench])
-        mean, low, high = mean_band(rel)
-        xs = np.arange(len(ACTIVATIONS)) + (k - (len(sizes) - 1) / 2) * width
-        ax.bar(xs, mean, width, yerr=[mean - low, high - mean], capsize=3,
-               label=f"{size:,} values ({4 * size / 2 ** 20:.3g} MiB)")
+    series = {f"{size:,} values ({4 * size / 2 ** 20:.3g} MiB)": {a: [t[a][k] / t["relu"][k] for t in bench]
+                                                                  for a in ACTIVATIONS}
+              for k, size in enumerate(sizes)}
+    fig, ax = grouped_bars_figure(series, title="cost of an activation (forward + backward)",
+                                  ylabel="time / relu time")
     ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_xticks(range(len(ACTIVATIONS)), ACTIVATIONS)
-    ax.set(title="cost of an activation (forward + backward)", ylabel="time / relu time")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from trainlab.data import DATASETS
-from trainlab.report import curves_figure, mean_band
+from trainlab.report import curves_figure, grouped_bars_figure
 from trainlab.store import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
@@ -184,21 +184,13 @@ def _scales_figure(stds: dict[str, list[float]]) -> Any:
 
 
 def _leak_figure(runs: dict[str, dict[str, list[RunResult]]]) -> Any:
-    labels = [f"{ds}\n{scaler}" for ds in runs for scaler in SCALERS]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for i, key in enumerate(("val_acc", "test_acc")):
-        diffs = [np.subtract(finals(arms[f"{scaler}_leak"], key), finals(arms[scaler], key))
-                 for arms in runs.values() for scaler in SCALERS]
-        # mean_band over seeds x 1 point: the mean difference and its 95% interval per pair
-        mean, low, high = (np.concatenate(v) for v in zip(*(mean_band(d[:, None]) for d in diffs)))
-        ax.bar(np.arange(len(labels)) + (i - 0.5) * 0.4, mean, width=0.4, yerr=[mean - low, high - mean],
-               capsize=3, label="validation" if key == "val_acc" else "test")
+    series = {"validation" if key == "val_acc" else "test":
+              {f"{ds}\n{scaler}": np.subtract(finals(arms[f"{scaler}_leak"], key), finals(arms[scaler], key))
+               for ds, arms in runs.items() for scaler in SCALERS}
+              for key in ("val_acc", "test_acc")}
+    fig, ax = grouped_bars_figure(series, title="the leak's effect on accuracy estimates",
+                                  ylabel="accuracy, leaky - honest")
     for bound in (-LEAK_EFFECT, LEAK_EFFECT):
         ax.axhline(bound, color="#888888", ls=":", lw=1)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set(ylabel="accuracy, leaky - honest", title="the leak's effect on accuracy estimates")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig

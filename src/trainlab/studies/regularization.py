@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from trainlab.callbacks import Callback
 from trainlab.models import ClassicDropout
 from trainlab.regularizers import sparsity
-from trainlab.report import bars_figure, curves_figure, mean_band
+from trainlab.report import bars_figure, curves_figure, grouped_bars_figure
 from trainlab.store import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
@@ -337,22 +337,11 @@ def _histograms(runs: dict[str, list[RunResult]]) -> Any:
 
 
 def _accuracy_bars(runs: dict[str, list[RunResult]]) -> Any:
-    groups = {"train (clean)": lambda rs: [r.extras["clean_train"]["acc"] for r in rs],
-              "validation": lambda rs: finals(rs, "val_acc"), "test": lambda rs: finals(rs, "test_acc")}
-    arms = list(runs)
-    fig, ax = plt.subplots(figsize=(12, 4))
-    bar = 0.8 / len(groups)
-    for i, (label, get) in enumerate(groups.items()):
-        # mean_band over seeds x 1 point: the mean and its 95% interval per arm
-        mean, low, high = (np.concatenate(v) for v in zip(*(mean_band(np.asarray(get(runs[a]), dtype=float)[:, None])
-                                                            for a in arms)))
-        ax.bar(np.arange(len(arms)) + (i - 1) * bar, mean, width=bar, yerr=[mean - low, high - mean], capsize=3,
-               label=label)
-    ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
-    ax.set(ylabel="accuracy", ylim=(0, 1.05), title="accuracy per arm")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    series = {"train (clean)": {a: [r.extras["clean_train"]["acc"] for r in rs] for a, rs in runs.items()},
+              "validation": {a: finals(rs, "val_acc") for a, rs in runs.items()},
+              "test": {a: finals(rs, "test_acc") for a, rs in runs.items()}}
+    fig, ax = grouped_bars_figure(series, title="accuracy per arm", ylabel="accuracy", figsize=(12, 4), rotate=True)
+    ax.set_ylim(0, 1.05)
     return fig
 
 

@@ -210,7 +210,7 @@ class Schedules(Study):
 
     def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
         b: ScheduleBudget = ctx.budget  # type: ignore[assignment]
-        runs, warm, lrs = results["runs"], results["warm_runs"], results["lr"]
+        runs, lrs = results["runs"], results["lr"]
         per_epoch, warmup = results["steps_per_epoch"], results["warmup_steps"]
         figures = [ctx.figure(_lr_figure(results, b.epochs), "lr_curves",
                               "Learning rate per step as a fraction of each schedule's peak (trainlab.schedules."
