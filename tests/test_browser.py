@@ -15,7 +15,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
-from trainlab.report import bars_figure, curves_figure, save_figure, write_report
+from trainlab.figures import bars_figure, curves_figure, save_figure
+from trainlab.report import write_report
 from trainlab.studies.base import ClaimOutcome, FigureRef, StudyOutcome, Table
 
 CHROMIUM = Path("/usr/bin/chromium")

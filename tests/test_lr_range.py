@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from trainlab.callbacks import Callback
-from trainlab.lr_range import (LRRangeResult, RangeTestCallback, lr_range_test, lr_schedule, plot_lr_range,
-                               save_lr_range_plot, smooth, suggestions)
+from trainlab.figures import plot_lr_range, save_lr_range_plot
+from trainlab.lr_range import LRRangeResult, RangeTestCallback, lr_range_test, lr_schedule, smooth, suggestions
 from trainlab.trainer import build_trainer
 
 TINY = {"data": {"dataset": {"name": "moons", "n_samples": 300}, "batch_size": 32},

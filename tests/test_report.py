@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from trainlab.report import (bars_figure, curves_figure, index_page, load_outcomes, mean_band, render_report,
-                             save_outcome, stack_ragged, study_page, write_report)
+from trainlab.figures import bars_figure, curves_figure, mean_band, stack_ragged
+from trainlab.report import index_page, load_outcomes, render_report, save_outcome, study_page, write_report
 from trainlab.studies.base import ClaimOutcome, FigureRef, StudyOutcome, Table
 
 EVIL = '<script>alert("x")</script>&'

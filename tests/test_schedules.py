@@ -24,7 +24,6 @@ from trainlab.schedules import (
     Plateau,
     Schedule,
     StepDecay,
-    plot_preview,
     preview,
 )
 
@@ -318,12 +317,18 @@ def test_preview_is_base_lr_times_factor():
     np.testing.assert_allclose(preview(Plateau(warmup_steps=2), 5), [0.5, 1, 1, 1, 1])
 
 
-def test_plot_preview_writes_a_png(tmp_path):
-    path = plot_preview({"cosine": Cosine(warmup_steps=5), "step": StepDecay(every_epochs=2)}, 50, 5, 0.1,
-                        tmp_path / "lr.png")
+def test_plot_schedules_draws_each_preview_and_writes_a_png(tmp_path):
+    from trainlab.figures import plot_schedules, save_figure
+
+    schedules = {"cosine": Cosine(warmup_steps=5), "step": StepDecay(every_epochs=2)}
+    fig = plot_schedules(schedules, 50, 5, 0.1)
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["cosine", "step"]
+    np.testing.assert_allclose(lines[0].get_ydata(), preview(schedules["cosine"], 50, 5, 0.1))
+    path = save_figure(fig, tmp_path / "lr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="at least one schedule"):
-        plot_preview({}, 50, 5, 0.1, tmp_path / "empty.png")
+        plot_schedules({}, 50, 5, 0.1)
 
 
 # ---------------------------------------------------------------------------------------- validation

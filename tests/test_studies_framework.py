@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import trainlab.store
+import trainlab.runs
 from trainlab.diagnostics import probe_forward
 from trainlab.models import MLP
 from trainlab.registry import ConfigError
@@ -58,13 +58,13 @@ class FakeStudy(Study):
 @pytest.fixture
 def train_calls(monkeypatch):
     calls = []
-    real = trainlab.store.train
+    real = trainlab.runs.train
 
     def counting(config, *args, **kwargs):
         calls.append(config)
         return real(config, *args, **kwargs)
 
-    monkeypatch.setattr(trainlab.store, "train", counting)
+    monkeypatch.setattr(trainlab.runs, "train", counting)
     return calls
 
 
@@ -185,7 +185,7 @@ def test_a_claim_test_must_return_a_valid_verdict():
 
 
 def test_series_and_finals_read_histories():
-    run = trainlab.store.RunResult({}, [{"loss": 2.0}, {"loss": 1.0}], {"acc": 0.5})
+    run = trainlab.runs.RunResult({}, [{"loss": 2.0}, {"loss": 1.0}], {"acc": 0.5})
     assert series([run, run], "loss") == [[2.0, 1.0], [2.0, 1.0]]
     assert finals([run], "acc") == [0.5] and finals([run], "loss") == [1.0]
 

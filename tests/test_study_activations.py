@@ -7,7 +7,7 @@ from torch import nn
 
 import trainlab.studies.activations as study
 from trainlab.diagnostics import probe_forward
-from trainlab.store import RunResult
+from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, run_studies
 from trainlab.studies.activations import (benchmark, claim_cost, claim_dead, claim_not_centred, claim_relu_first,
                                           claim_vanishing, dead_fraction, log_ratio)

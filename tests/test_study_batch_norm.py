@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import trainlab.store
-from trainlab.store import RunResult
+import trainlab.runs
+from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, run_studies
 from trainlab.studies.batch_norm import (acc_at, claim_high_lr, claim_init_scale, claim_regularizes, claim_speed, gap,
                                          init_scales, shortfall, value_at_epoch)
@@ -75,7 +75,7 @@ def test_the_study_runs_end_to_end_and_a_second_run_trains_nothing(tmp_path, mon
     assert len(outcome.figures) == 5 and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
     calls = []
-    monkeypatch.setattr(trainlab.store, "train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(trainlab.runs, "train", lambda *a, **k: calls.append(a))
     (again,) = run_studies(["batch_norm"], mode="smoke", out=tmp_path, progress=False)
     assert calls == [] and again.runs_trained == 0 and again.runs_cached == outcome.runs_trained
     assert [c.evidence for c in again.claims] == [c.evidence for c in outcome.claims]

@@ -7,7 +7,7 @@ import pytest
 
 import trainlab.studies.learning_rate as study
 from trainlab.lr_range import LRRangeResult
-from trainlab.store import RunResult
+from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, run_studies
 from trainlab.studies.learning_rate import (EXPLODE, best_lr, claim_range_test, claim_too_high, claim_too_low,
                                             diverged)

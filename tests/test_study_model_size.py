@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-import trainlab.store
+import trainlab.runs
 from trainlab.studies import run_studies
 from trainlab.studies.model_size import (SizeRecorder, SizeResults, claim_fit_more, claim_overfit_small,
                                          per_seed_correlation, rank_correlation)
@@ -84,8 +84,8 @@ def test_size_recorder_stores_parameters_and_eval_mode_train_accuracy():
 @pytest.mark.slow
 def test_study_runs_end_to_end_then_trains_nothing_again(tmp_path, monkeypatch):
     calls = []
-    real = trainlab.store.train
-    monkeypatch.setattr(trainlab.store, "train", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
+    real = trainlab.runs.train
+    monkeypatch.setattr(trainlab.runs, "train", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
     # 500 MNIST-1D samples leave 360 for training, so the small set is capped at a quarter of it (90 < 100).
     data = {"dataset": {"name": "mnist1d", "num_samples": 500}}
     (outcome,) = run_studies(["model_size"], mode="smoke", data=data, out=tmp_path, progress=False)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import trainlab.store
-from trainlab.store import RunResult
+import trainlab.runs
+from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, run_studies
 from trainlab.studies.preprocessing import (ARMS, DATASET_NAMES, LEAK_EFFECT, claim_faster, claim_leak, epochs_to,
                                             feature_stds, loss_after)
@@ -60,8 +60,8 @@ def test_leak_claim_needs_more_than_the_minimum_effect():
 @pytest.mark.slow
 def test_the_study_runs_end_to_end_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
     calls = []
-    real = trainlab.store.train
-    monkeypatch.setattr(trainlab.store, "train", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
+    real = trainlab.runs.train
+    monkeypatch.setattr(trainlab.runs, "train", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
     (outcome,) = run_studies(["preprocessing"], mode="smoke", out=tmp_path, progress=False)
     seeds = STUDIES["preprocessing"].smoke.seeds
     assert len(calls) == len(DATASET_NAMES) * len(ARMS) * seeds

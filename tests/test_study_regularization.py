@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-import trainlab.store
+import trainlab.runs
 from trainlab.models import ClassicDropout
-from trainlab.store import RunResult
+from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, run_studies
 from trainlab.studies.regularization import (ARMS, HIST_EDGES, claim_early_stopping, claim_gap, gap, loss_gap,
                                              mc_dropout, val_min_epoch, weight_stats, within)
@@ -99,8 +99,8 @@ def test_gap_claim_is_refuted_when_one_technique_widens_the_gap():
 @pytest.mark.slow
 def test_the_study_runs_end_to_end_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
     calls = []
-    real = trainlab.store.train
-    monkeypatch.setattr(trainlab.store, "train", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = trainlab.runs.train
+    monkeypatch.setattr(trainlab.runs, "train", lambda *a, **k: calls.append(1) or real(*a, **k))
     (outcome,) = run_studies(["regularization"], mode="smoke", out=tmp_path, progress=False)
     assert len(calls) == len(ARMS) * STUDIES["regularization"].smoke.seeds
     assert [c.key for c in outcome.claims] == [c.key for c in STUDIES["regularization"].claims]

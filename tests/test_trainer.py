@@ -9,7 +9,7 @@ from torch import nn
 
 from trainlab.callbacks import Callback, EarlyStopping, NonFiniteGuard, early_stopping_decision
 from trainlab.registry import ConfigError
-from trainlab.store import Store, load_result, train
+from trainlab.runs import Store, load_result, train
 from trainlab.trainer import build_trainer
 
 

@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "RunConfig": "trainlab.config", "load_config": "trainlab.config", "ConfigError": "trainlab.registry",
     "Trainer": "trainlab.trainer", "build_trainer": "trainlab.trainer",
-    "train": "trainlab.store", "Store": "trainlab.store", "RunResult": "trainlab.store",
-    "load_result": "trainlab.store", "load_model": "trainlab.store",
+    "train": "trainlab.runs", "Store": "trainlab.runs", "RunResult": "trainlab.runs",
+    "load_result": "trainlab.runs", "load_model": "trainlab.runs",
     "Callback": "trainlab.callbacks", "StopTraining": "trainlab.callbacks", "EarlyStopping": "trainlab.callbacks",
     "DataConfig": "trainlab.data", "Data": "trainlab.data", "load_data": "trainlab.data",
     "INITIALIZERS": "trainlab.initializers", "ACTIVATIONS": "trainlab.activations", "MODELS": "trainlab.models",

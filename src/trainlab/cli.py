@@ -91,7 +91,7 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
                                                      "and export them for TensorBoard into this folder.")) -> None:
     """Train one config; write the run directory (config, metrics, summary, checkpoint)."""
     from trainlab.config import load_config
-    from trainlab.store import config_hash, train as train_run
+    from trainlab.runs import config_hash, train as train_run
 
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{config.stem}-{config_hash(cfg)[:8]}"
@@ -122,7 +122,8 @@ def schedule(spec: str = typer.Argument(..., help="A schedule name or YAML mappi
     import yaml
     from rich.table import Table
 
-    from trainlab.schedules import SCHEDULES, plot_preview, preview
+    from trainlab.figures import plot_schedules, save_figure
+    from trainlab.schedules import SCHEDULES, preview
 
     try:
         raw = yaml.safe_load(spec)
@@ -136,7 +137,7 @@ def schedule(spec: str = typer.Argument(..., help="A schedule name or YAML mappi
         table.add_row(str(s), f"{lrs[s]:.6g}")
     console().print(table)
     if plot is not None:
-        plot_preview({sched.name: sched}, steps, steps_per_epoch, lr, plot)
+        save_figure(plot_schedules({sched.name: sched}, steps, steps_per_epoch, lr), plot)
         console().print(f"plot: {plot}")
 
 
@@ -150,7 +151,8 @@ def lr_find(config: Path = typer.Argument(..., help="A run config (YAML); its op
             plot: Optional[Path] = typer.Option(None, "--plot", help="Write the loss-vs-lr curve here (PNG).")) -> None:
     """LR range test (Smith 2017): raise the lr every step, watch the loss, suggest a learning rate."""
     from trainlab.config import load_config
-    from trainlab.lr_range import lr_range_test, save_lr_range_plot
+    from trainlab.figures import save_lr_range_plot
+    from trainlab.lr_range import lr_range_test
 
     result = lr_range_test(load_config(config, set_), min_lr, max_lr, steps)
     con = console()

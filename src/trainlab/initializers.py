@@ -18,14 +18,12 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from trainlab.activations import Activation, LeakyReLU
+from trainlab.layers import WEIGHT_LAYERS
 from trainlab.registry import Component, Registry
 
 # std of N(0, 1) truncated to [-2, 2]; dividing by it gives the truncated normal the intended variance (as Keras).
 _TRUNCATED_NORMAL_STD = 0.87962566103423978
 
-# Layers whose weights ``initialize`` sets. Transposed convolutions are left out: their weight layout is
-# (in, out, *kernel), so the fan rule of ``compute_fans`` would swap fan_in and fan_out.
-_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
@@ -270,7 +268,7 @@ def initialize(model: nn.Module, init: Initializer, activation: Activation | Non
     if isinstance(init, Auto):
         init = init.resolve(activation)
     for module in model.modules():
-        if not isinstance(module, _WEIGHT_LAYERS):
+        if not isinstance(module, WEIGHT_LAYERS):
             continue
         for name, param in module.named_parameters(recurse=False):
             if param.ndim >= 2:

@@ -182,41 +182,6 @@ def lr_range_test(config: Any, min_lr: float = 1e-6, max_lr: float = 10.0, steps
                           "diverge_factor": diverge_factor})
 
 
-def plot_lr_range(result: LRRangeResult, ax: Any = None, label: str | None = None, raw: bool = True) -> Any:
-    """Loss against lr (log scale): the raw step losses (faint), the smoothed curve, and both suggestions.
-
-    Draws on ``ax`` when given (several results on one axis compare seeds); returns the figure.
-    """
-    import matplotlib.pyplot as plt
-
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    (line,) = ax.plot(result.lrs, result.smoothed, lw=1.6, label=label or "smoothed loss")
-    color = line.get_color()
-    if raw:
-        ax.plot(result.lrs, result.losses, lw=0.6, alpha=0.3, color=color)
-    ax.axvline(result.min_loss_lr / 10, color=color, ls="--", lw=1,
-               label=f"min-loss lr / 10 = {result.min_loss_lr / 10:.3g}")
-    ax.axvline(result.steepest_lr, color=color, ls=":", lw=1, label=f"steepest descent = {result.steepest_lr:.3g}")
-    ax.set_xscale("log")
-    top = float(np.max(result.smoothed[: int(np.argmin(result.smoothed)) + 1])) if result.smoothed.size else 1.0
-    low = float(np.min(result.smoothed)) if result.smoothed.size else 0.0
-    # The explosion at the end would squash the interesting part of the curve.
-    ax.set_ylim(low - 0.1 * (top - low + 1e-12), top + 0.6 * (top - low + 1e-12))
-    ax.set(title="LR range test", xlabel="learning rate", ylabel="training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig if fig is not None else ax.figure
-
-
-def save_lr_range_plot(result: LRRangeResult, path: str | Path) -> Path:
-    """The plot of ``plot_lr_range`` as a PNG file."""
-    from trainlab.report import save_figure
-
-    return save_figure(plot_lr_range(result), Path(path))
-
-
 def _check_range(min_lr: float, max_lr: float, steps: int) -> None:
     for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:

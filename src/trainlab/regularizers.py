@@ -22,14 +22,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from trainlab.layers import WEIGHT_LAYERS, activation_modules
 from trainlab.registry import Component, Registry
-
-#: Modules whose outputs the activity penalty records when ``layers`` is not given.
-ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SELU, nn.SiLU,
-)
-#: Fallback for activity penalties on models without activation modules: these layers' outputs, except the last.
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class Regularizer(Component, ABC):
@@ -37,7 +31,7 @@ class Regularizer(Component, ABC):
 
     ``target="kernel"`` penalizes parameters: by default every parameter with ndim >= 2 (weights), leaving out
     biases and normalization parameters unless ``include_bias``. ``target="activity"`` penalizes module outputs:
-    by default those of the activation modules (``ACTIVATION_MODULES``), or, in a model without any, of every
+    by default those of the activation modules (``layers.activation_modules()``), or, in a model without any, of every
     Linear/Conv layer but the last. ``layers`` names the modules (as in ``model.named_modules()``) to use instead;
     for kernels, all parameters inside the named modules are candidates.
     """
@@ -94,7 +88,7 @@ class Regularizer(Component, ABC):
     def _select_modules(self, modules: dict[str, nn.Module]) -> dict[str, nn.Module]:
         if self.layers is not None:
             return {n: modules[n] for n in self.layers}
-        chosen = {n: m for n, m in modules.items() if isinstance(m, ACTIVATION_MODULES)}
+        chosen = {n: m for n, m in modules.items() if isinstance(m, activation_modules())}
         if not chosen:
             # The last weight layer produces the model's output (logits), which an activity penalty should not shrink.
             layers = [(n, m) for n, m in modules.items() if isinstance(m, WEIGHT_LAYERS)]

@@ -1,4 +1,4 @@
-"""Figures (matplotlib, Agg) and the self-contained HTML report of a study directory.
+"""The self-contained HTML report of a study directory, and the stored outcomes it is rendered from.
 
 A study directory holds ``outcomes/<study>.json`` (what ``StudyOutcome.to_dict`` wrote), the figures as PNG files, and
 the rendered pages: ``index.html`` (every claim with its verdict) and ``<study>.html`` (one page per study). Pages embed
@@ -10,128 +10,86 @@ outcomes alone, so re-rendering never retrains.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
-import numpy as np  # noqa: E402
-from scipy import stats as sps  # noqa: E402
-
-from trainlab.checkpoints import atomic_write, atomic_write_text  # noqa: E402
-
-if TYPE_CHECKING:
-    from trainlab.studies.base import StudyOutcome
+from trainlab.checkpoints import atomic_write_text
 
 OUTCOMES_DIR = "outcomes"
 VERDICT_COLORS = {"supported": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#7d6608"}
 
 
-# ----------------------------------------------------------------------------------------------------------- figures
-def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and Student-t ``confidence`` interval over the rows of ``values`` (seeds x points), NaN = missing.
+@dataclass
+class ClaimOutcome:
+    """A claim with its verdict, as stored and reported."""
 
-    Points seen by fewer than two seeds get a zero-width band (there is no spread to estimate); points no seed has
-    (every run diverged to NaN there) are NaN, a gap in the plot, not 0.
-    """
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 2:
-        raise ValueError(f"values must be a 2-D array (seeds x points). Got shape {values.shape} instead.")
-    n = np.sum(~np.isnan(values), axis=0)
-    mean = np.where(n > 0, np.nansum(values, axis=0) / np.maximum(n, 1), np.nan)
-    sd = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / np.maximum(n - 1, 1))
-    half = sps.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
-    half = np.where(n >= 2, np.nan_to_num(half), 0.0)
-    return mean, mean - half, mean + half
+    key: str
+    text: str
+    verdict: str
+    evidence: str
+    numbers: dict[str, float]
 
 
-def stack_ragged(series: Sequence[Sequence[float]]) -> np.ndarray:
-    """Rows of different lengths (runs stopped early) as one NaN-padded array."""
-    width = max((len(s) for s in series), default=0)
-    out = np.full((len(series), width), np.nan)
-    for i, s in enumerate(series):
-        out[i, : len(s)] = np.asarray(s, dtype=float)
-    return out
+@dataclass
+class FigureRef:
+    """A PNG written by a study; ``path`` is relative to the study directory."""
+
+    path: str
+    caption: str
 
 
-def curves_figure(curves: Mapping[str, Sequence[Sequence[float]]], *, title: str, xlabel: str, ylabel: str,
-                  x: Sequence[float] | None = None, logy: bool = False, ax: Any = None) -> Any:
-    """One line per label: the mean over seeds with its 95% band. ``curves[label]`` is seeds x points (ragged ok)."""
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, runs in curves.items():
-        values = stack_ragged(runs)
-        mean, low, high = mean_band(values)
-        xs = np.arange(1, values.shape[1] + 1) if x is None else np.asarray(x, dtype=float)[: values.shape[1]]
-        (line,) = ax.plot(xs, mean, label=label, lw=1.6)
-        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
-    if logy:
-        ax.set_yscale("log")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig if fig is not None else ax.figure
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Any]]
 
 
-def bars_figure(groups: Mapping[str, Sequence[float]], *, title: str, ylabel: str, logy: bool = False) -> Any:
-    """One bar per label: the mean over seeds with its 95% Student-t interval as an error bar."""
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(groups) + 2), 4.0))
-    labels = list(groups)
-    means, errs = [], [[], []]
-    for label in labels:
-        mean, low, high = (float(v[0]) for v in mean_band(np.asarray(groups[label], dtype=float)[:, None]))
-        means.append(mean)
-        errs[0].append(mean - low)
-        errs[1].append(high - mean)
-    ax.bar(range(len(labels)), means, yerr=errs, capsize=4, color="#4c72b0", alpha=0.85)
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4
-                  else "center")
-    if logy:
-        ax.set_yscale("log")
-    ax.set(title=title, ylabel=ylabel)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+@dataclass
+class StudyOutcome:
+    """Everything a study page shows; JSON round-trips through ``to_dict`` / ``from_dict``."""
+
+    name: str
+    title: str
+    question: str
+    mode: str
+    seeds: list[int]
+    claims: list[ClaimOutcome]
+    figures: list[FigureRef]
+    tables: list[Table]
+    runtime_s: float = 0.0
+    runs_trained: int = 0
+    runs_cached: int = 0
+    order: int = 1000  # position in the index: a study's ``order``; other outcomes (an ablation) come last
+
+    def __post_init__(self) -> None:
+        # The name becomes a file name (<name>.html, outcomes/<name>.json), so it must be a plain identifier.
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"A study name must be lower snake_case (letters, digits, '_'). "
+                             f"Got {self.name!r} instead.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> StudyOutcome:
+        raw = dict(raw)
+        raw["claims"] = [ClaimOutcome(**c) for c in raw["claims"]]
+        raw["figures"] = [FigureRef(**f) for f in raw["figures"]]
+        raw["tables"] = [Table(**t) for t in raw["tables"]]
+        return cls(**raw)
 
 
-def grouped_bars_figure(series: Mapping[str, Mapping[str, Sequence[float]]], *, title: str, ylabel: str,
-                        figsize: tuple[float, float] = (8.0, 4.0), rotate: bool = False) -> tuple[Any, Any]:
-    """Bars grouped by label, one bar per series in each group: the mean over seeds with its 95% t interval.
 
-    ``series`` maps a series name (the legend) to ``{label: values over seeds}``; every series has the same labels.
-    Returns ``(fig, ax)`` so a study can add reference lines before saving.
-    """
-    labels = list(next(iter(series.values())))
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=figsize)
-    for i, (name, groups) in enumerate(series.items()):
-        bands = [mean_band(np.asarray(groups[label], dtype=float)[:, None]) for label in labels]
-        mean, low, high = (np.array([float(b[k][0]) for b in bands]) for k in range(3))
-        xs = np.arange(len(labels)) + (i - (len(series) - 1) / 2) * width
-        ax.bar(xs, mean, width, yerr=[mean - low, high - mean], capsize=3, label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
-    ax.set(title=title, ylabel=ylabel)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig, ax
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    """Write ``fig`` as a PNG (parents created) and close it; returns ``path``."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------------- outcomes
 def save_outcome(outcome: StudyOutcome, out_dir: Path) -> Path:
     """Store an outcome as JSON under ``out_dir/outcomes``; figure paths are kept relative to ``out_dir``."""
     path = Path(out_dir) / OUTCOMES_DIR / f"{outcome.name}.json"
@@ -139,18 +97,13 @@ def save_outcome(outcome: StudyOutcome, out_dir: Path) -> Path:
 
 
 def load_outcomes(out_dir: Path) -> list[StudyOutcome]:
-    """Every stored outcome in ``out_dir``, in the order the studies were registered (unknown names last)."""
-    # Imported here: the studies import this module for their figures.
-    from trainlab.studies import STUDIES
-    from trainlab.studies.base import StudyOutcome
-
+    """Every stored outcome in ``out_dir``, in the studies' order (then by name)."""
     folder = Path(out_dir) / OUTCOMES_DIR
     if not folder.is_dir():
         raise FileNotFoundError(f"No study outcomes in {str(out_dir)!r}: expected a folder {str(folder)!r}. "
                                 f"Run `trainlab study NAME --out {out_dir}` first.")
     outcomes = [StudyOutcome.from_dict(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
-    order = {name: i for i, name in enumerate(STUDIES)}
-    return sorted(outcomes, key=lambda o: (order.get(o.name, len(order)), o.name))
+    return sorted(outcomes, key=lambda o: (o.order, o.name))
 
 
 def _json_default(value: Any) -> Any:

@@ -276,27 +276,3 @@ def preview(schedule: Schedule, total_steps: int, steps_per_epoch: int = 1, base
     """
     schedule.check(total_steps, steps_per_epoch)
     return base_lr * np.array([schedule.factor(s, total_steps, steps_per_epoch) for s in range(total_steps)])
-
-
-def plot_preview(schedules: dict[str, Schedule], total_steps: int, steps_per_epoch: int, base_lr: float,
-                 path: str | Path) -> Path:
-    """Write a PNG plotting the lr per step of each labelled schedule; returns the path."""
-    # The object API with the Agg canvas draws without pyplot, so no global backend is switched.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not schedules:
-        raise ValueError("plot_preview needs at least one schedule. Got an empty mapping instead.")
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for label, schedule in schedules.items():
-        ax.plot(np.arange(total_steps), preview(schedule, total_steps, steps_per_epoch, base_lr), label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path

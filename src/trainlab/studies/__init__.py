@@ -23,7 +23,7 @@ from trainlab.registry import ConfigError, suggest
 from trainlab.studies.base import (MODES, Budget, Claim, ClaimOutcome, ClaimResult, FigureRef, Mode, Study,
                                    StudyContext, StudyOutcome, Table, compare_result, finals, params_hash,
                                    series)
-from trainlab.store import Store
+from trainlab.runs import Store
 
 __all__ = ["STUDIES", "Budget", "Claim", "ClaimOutcome", "ClaimResult", "FigureRef", "Study", "StudyContext",
            "StudyOutcome", "Table", "ablate", "finals", "make_context", "params_hash", "register_study", "run_study",
@@ -168,7 +168,8 @@ def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3
     """
     import time
 
-    from trainlab.report import bars_figure, save_outcome, write_report
+    from trainlab.figures import bars_figure
+    from trainlab.report import save_outcome, write_report
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"The 'seeds' parameter of ablate must be an int >= 1. Got {seeds!r} instead.")

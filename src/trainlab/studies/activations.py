@@ -46,7 +46,7 @@ from trainlab.activations import ACTIVATIONS as ACTIVATION_REGISTRY
 from trainlab.callbacks import Callback
 from trainlab.diagnostics import Diagnostics, probe_forward, probed_modules
 from trainlab.initializers import Auto
-from trainlab.report import bars_figure, curves_figure, grouped_bars_figure
+from trainlab.figures import bars_figure, curves_figure, grouped_bars_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)

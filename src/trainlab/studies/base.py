@@ -31,8 +31,9 @@ import numpy as np
 from trainlab.callbacks import Callback
 from trainlab.checkpoints import atomic_write, atomic_write_text
 from trainlab.config import load_config
+from trainlab.report import ClaimOutcome, FigureRef, StudyOutcome, Table
+from trainlab.runs import RunResult, Store
 from trainlab.stats import Evidence, Verdict
-from trainlab.store import RunResult, Store
 
 VERDICTS: tuple[Verdict, ...] = ("supported", "refuted", "inconclusive")
 Mode = Literal["smoke", "quick", "full"]
@@ -80,66 +81,6 @@ class Claim:
         return ClaimOutcome(self.key, self.text, found.verdict, found.evidence, numbers)
 
 
-@dataclass
-class ClaimOutcome:
-    """A claim with its verdict, as stored and reported."""
-
-    key: str
-    text: str
-    verdict: str
-    evidence: str
-    numbers: dict[str, float]
-
-
-@dataclass
-class FigureRef:
-    """A PNG written by a study; ``path`` is relative to the study directory."""
-
-    path: str
-    caption: str
-
-
-@dataclass
-class Table:
-    title: str
-    header: list[str]
-    rows: list[list[Any]]
-
-
-@dataclass
-class StudyOutcome:
-    """Everything a study page shows; JSON round-trips through ``to_dict`` / ``from_dict``."""
-
-    name: str
-    title: str
-    question: str
-    mode: str
-    seeds: list[int]
-    claims: list[ClaimOutcome]
-    figures: list[FigureRef]
-    tables: list[Table]
-    runtime_s: float = 0.0
-    runs_trained: int = 0
-    runs_cached: int = 0
-
-    def __post_init__(self) -> None:
-        # The name becomes a file name (<name>.html, outcomes/<name>.json), so it must be a plain identifier.
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(f"A study name must be lower snake_case (letters, digits, '_'). "
-                             f"Got {self.name!r} instead.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> StudyOutcome:
-        raw = dict(raw)
-        raw["claims"] = [ClaimOutcome(**c) for c in raw["claims"]]
-        raw["figures"] = [FigureRef(**f) for f in raw["figures"]]
-        raw["tables"] = [Table(**t) for t in raw["tables"]]
-        return cls(**raw)
-
-
 def params_hash(params: Any) -> str:
     """A short stable hash of JSON-able parameters (dict keys sorted)."""
     text = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
@@ -172,7 +113,7 @@ class StudyContext:
 
     def figure(self, fig: Any, name: str, caption: str) -> FigureRef:
         """Save a matplotlib figure as ``figures/<study>/<name>.png`` (closing it) and reference it."""
-        from trainlab.report import save_figure
+        from trainlab.figures import save_figure
 
         relative = Path("figures") / self.study / f"{name}.png"
         save_figure(fig, self.out / relative)
@@ -294,7 +235,7 @@ class Study(ABC):
         figures, tables = self.present(results, ctx)
         return StudyOutcome(self.name, self.title, self.question, ctx.mode, list(ctx.seeds), claims, figures, tables,
                             runtime_s=time.perf_counter() - start, runs_trained=ctx.runs_trained,
-                            runs_cached=ctx.runs_cached)
+                            runs_cached=ctx.runs_cached, order=self.order)
 
 
 def series(runs: Sequence[RunResult], key: str) -> list[list[float]]:

@@ -34,11 +34,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from trainlab.callbacks import Callback
-from trainlab.report import bars_figure, curves_figure
+from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series)
-from trainlab.store import RunResult
+from trainlab.runs import RunResult
 
 BASE_LR = 0.01  # the learning rate of the init-scale sweep and of the reference
 VARIANTS: dict[str, dict[str, Any]] = {

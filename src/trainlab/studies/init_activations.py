@@ -24,7 +24,7 @@ from torch import nn
 from trainlab.callbacks import Callback
 from trainlab.diagnostics import probe_forward
 from trainlab.models import MLP
-from trainlab.report import curves_figure
+from trainlab.figures import curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)

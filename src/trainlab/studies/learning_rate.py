@@ -28,9 +28,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from trainlab.config import load_config
-from trainlab.lr_range import LRRangeResult, lr_range_test, plot_lr_range
-from trainlab.report import mean_band
-from trainlab.store import RunResult
+from trainlab.lr_range import LRRangeResult, lr_range_test
+from trainlab.figures import mean_band, plot_lr_range
+from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, finals,
                                    threshold_result)

@@ -32,7 +32,7 @@ from trainlab.callbacks import Callback
 from trainlab.config import load_config
 from trainlab.data import load_data
 from trainlab.models import count_parameters
-from trainlab.report import mean_band, stack_ragged
+from trainlab.figures import mean_band, stack_ragged
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    joint, series, threshold_result)

@@ -28,7 +28,7 @@ from torch import nn
 
 from trainlab.callbacks import Callback
 from trainlab.optimizers import OPTIMIZERS
-from trainlab.report import bars_figure, curves_figure
+from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)

@@ -27,8 +27,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from trainlab.data import DATASETS
-from trainlab.report import curves_figure, grouped_bars_figure
-from trainlab.store import RunResult
+from trainlab.figures import curves_figure, grouped_bars_figure
+from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series)

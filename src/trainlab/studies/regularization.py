@@ -45,8 +45,8 @@ from torch import Tensor, nn
 from trainlab.callbacks import Callback
 from trainlab.models import ClassicDropout
 from trainlab.regularizers import sparsity
-from trainlab.report import bars_figure, curves_figure, grouped_bars_figure
-from trainlab.store import RunResult
+from trainlab.figures import bars_figure, curves_figure, grouped_bars_figure
+from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)

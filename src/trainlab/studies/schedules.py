@@ -35,7 +35,7 @@ import numpy as np
 from trainlab.callbacks import Callback
 from trainlab.config import load_config
 from trainlab.data import load_data
-from trainlab.report import bars_figure, curves_figure
+from trainlab.figures import bars_figure, curves_figure
 from trainlab.schedules import SCHEDULES, preview
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
