@@ -47,10 +47,18 @@ class RawData:
 
 
 class DatasetSpec(Component):
-    """Base of datasets: ``spec.load() -> RawData``."""
+    """Base of datasets: ``spec.load() -> RawData``; ``spec.sizes()`` counts samples without building arrays."""
 
     def load(self) -> RawData:
         raise NotImplementedError
+
+    def sizes(self) -> tuple[int, int | None]:
+        """``(training samples, test samples)``, the second ``None`` when the set has no test split of its own.
+
+        This default loads the set; datasets that know their size without loading override it.
+        """
+        raw = self.load()
+        return len(raw.y_train), None if raw.y_test is None else len(raw.y_test)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", DatasetSpec)
@@ -95,6 +103,11 @@ class Mnist1d(DatasetSpec):
     num_samples: int = Field(5000, ge=10)
     seed: int = 42
 
+    def sizes(self) -> tuple[int, int | None]:
+        total = self.num_samples // 10 * 10  # make_dataset makes num_samples // 10 signals of each digit
+        train = int(total * _mnist1d_args(self.num_samples, self.seed)["train_split"])
+        return train, total - train
+
     def load(self) -> RawData:
         x, y, x_test, y_test = _mnist1d_arrays(self.num_samples, self.seed)
         return RawData(x.copy(), y.copy(), x_test.copy(), y_test.copy(), "classification", 10,
@@ -118,6 +131,9 @@ class Digits(DatasetSpec):
 
     image: bool = False
 
+    def sizes(self) -> tuple[int, int | None]:
+        return 1797, None
+
     def load(self) -> RawData:
         from sklearn.datasets import load_digits
 
@@ -129,6 +145,9 @@ class Digits(DatasetSpec):
 class BreastCancer(DatasetSpec):
     """scikit-learn's Wisconsin breast cancer set: 569 samples, 30 features on very different scales, 2 classes."""
 
+    def sizes(self) -> tuple[int, int | None]:
+        return 569, None
+
     def load(self) -> RawData:
         from sklearn.datasets import load_breast_cancer
 
@@ -139,6 +158,9 @@ class BreastCancer(DatasetSpec):
 @DATASETS.register("wine")
 class Wine(DatasetSpec):
     """scikit-learn's wine recognition set: 178 samples, 13 features on very different scales, 3 classes."""
+
+    def sizes(self) -> tuple[int, int | None]:
+        return 178, None
 
     def load(self) -> RawData:
         from sklearn.datasets import load_wine
@@ -154,6 +176,9 @@ class Moons(DatasetSpec):
     n_samples: int = Field(1000, ge=2)
     noise: float = Field(0.2, ge=0)
     seed: int = 0
+
+    def sizes(self) -> tuple[int, int | None]:
+        return self.n_samples, None
 
     def load(self) -> RawData:
         from sklearn.datasets import make_moons
@@ -181,6 +206,9 @@ class Spirals(DatasetSpec):
             raise ValueError(f"The 'n_samples' parameter of Spirals must be at least n_classes ({self.n_classes}). "
                              f"Got {self.n_samples} instead.")
         return self
+
+    def sizes(self) -> tuple[int, int | None]:
+        return self.n_samples, None
 
     def load(self) -> RawData:
         rng = np.random.default_rng(self.seed)
@@ -252,6 +280,22 @@ class Npz(DatasetSpec):
 
     path: str
     task: Literal["auto", "classification", "regression"] = "auto"
+
+    def sizes(self) -> tuple[int, int | None]:
+        import zipfile
+
+        lengths = {}
+        with zipfile.ZipFile(_existing(self.path, "npz")) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape = np.lib.format._read_array_header(f, version)[0]
+                lengths[member.removesuffix(".npy")] = shape[0] if shape else 0
+        if {"x_train", "y_train", "x_test", "y_test"} <= lengths.keys():
+            return lengths["y_train"], lengths["y_test"]
+        if {"x", "y"} <= lengths.keys():
+            return lengths["y"], None
+        return super().sizes()  # load() raises the error that names the missing keys
 
     def load(self) -> RawData:
         owner = f"npz dataset {self.path!r}"
@@ -490,9 +534,8 @@ class Data:
         return dataclasses.replace(self, **moved)
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        """Batches ``train_batches`` yields: a final batch of one sample is dropped (when batch_size > 1)."""
-        n = len(self.x_train)
-        return math.ceil(n / batch_size) - (batch_size > 1 and n % batch_size == 1)
+        """Batches ``train_batches`` yields (see ``batches_per_epoch``)."""
+        return batches_per_epoch(len(self.x_train), batch_size)
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of shuffled, augmented training batches; the generator fixes the order and the augmentations.
@@ -523,6 +566,41 @@ class Data:
                 f"device={self.x_train.device})")
 
 
+def batches_per_epoch(samples: int, batch_size: int) -> int:
+    """Training batches of one epoch: a final batch of one sample is dropped (when batch_size > 1)."""
+    return math.ceil(samples / batch_size) - (batch_size > 1 and samples % batch_size == 1)
+
+
+def _held_out(n: int, fraction: float) -> int:
+    # scikit-learn's train_test_split holds out ceil(fraction * n) samples for a float test_size.
+    return math.ceil(fraction * n) if fraction else 0
+
+
+def split_sizes(cfg: DataConfig) -> dict[str, int]:
+    """``{"train": n, "val": n, "test": n}`` as ``load_data(cfg)`` will split, counted without loading the arrays."""
+    n, n_test = cfg.dataset.sizes()
+    if n_test is None:
+        n_test = _held_out(n, cfg.test_fraction)
+        n -= n_test
+    n_val = _held_out(n, cfg.val_fraction)
+    n_train = n - n_val
+    if cfg.train_size is not None:
+        _check_train_size(cfg.train_size, n_train)
+        n_train = cfg.train_size
+    return {"train": n_train, "val": n_val, "test": n_test}
+
+
+def steps_per_epoch(cfg: DataConfig) -> int:
+    """Optimizer steps per epoch of a run on ``cfg``, without loading the data."""
+    return batches_per_epoch(split_sizes(cfg)["train"], cfg.batch_size)
+
+
+def _check_train_size(train_size: int, available: int) -> None:
+    if train_size > available:
+        raise ConfigError(f"The 'train_size' parameter of DataConfig must be at most the {available} training "
+                          f"samples left after the validation/test splits. Got {train_size} instead.")
+
+
 def load_data(cfg: DataConfig) -> Data:
     """Load, split (stratified for classification), subsample, preprocess and convert to tensors."""
     raw = cfg.dataset.load()
@@ -536,9 +614,7 @@ def load_data(cfg: DataConfig) -> Data:
     x_train, x_val, y_train, y_val = _split(x, y, cfg.val_fraction, stratify, cfg.split_seed,
                                             f"a validation split of val_fraction={cfg.val_fraction}")
     if cfg.train_size is not None:
-        if cfg.train_size > len(x_train):
-            raise ConfigError(f"The 'train_size' parameter of DataConfig must be at most the {len(x_train)} training "
-                              f"samples left after the validation/test splits. Got {cfg.train_size} instead.")
+        _check_train_size(cfg.train_size, len(x_train))
         if cfg.train_size < len(x_train):
             x_train, _, y_train, _ = _split(x_train, y_train, len(x_train) - cfg.train_size, stratify,
                                             cfg.split_seed, f"a training subset of train_size={cfg.train_size}")
