@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from trainlab.config import RunConfig, load_config
+from trainlab.data import steps_per_epoch
 from trainlab.diagnostics import DEFAULT_EVERY, Diagnostics
 from trainlab.trainer import build_trainer
 
@@ -25,7 +27,7 @@ MODELS = {
 }
 
 
-def timed_fit(config: dict, every: int | None) -> float:
+def timed_fit(config: RunConfig, every: int | None) -> float:
     callbacks = [Diagnostics(every)] if every is not None else []
     trainer = build_trainer(config, callbacks)
     start = time.perf_counter()
@@ -44,14 +46,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = {"data": {"dataset": "mnist1d", "batch_size": 128}, "model": MODELS[args.model],
-              "epochs": args.epochs}
+    config = load_config({"data": {"dataset": "mnist1d", "batch_size": 128}, "model": MODELS[args.model],
+                          "epochs": args.epochs})
     timed_fit(config, DEFAULT_EVERY)  # warm-up: data cache, allocator, kernels
     times: dict[int | None, list[float]] = {None: [], DEFAULT_EVERY: [], 1: []}
     for _ in range(args.repeats):
         for every, runs in times.items():
             runs.append(timed_fit(config, every))
-    steps = build_trainer(config).data.steps_per_epoch(config["data"]["batch_size"]) * args.epochs
+    steps = steps_per_epoch(config.data) * args.epochs
     print(f"model={args.model} steps={steps} every={DEFAULT_EVERY} threads={args.threads}")
     for every, label in ((None, "no probes"), (DEFAULT_EVERY, f"every={DEFAULT_EVERY}"), (1, "every=1")):
         print(f"{label:>10}: best {min(times[every]):.3f} s  (runs: {', '.join(f'{t:.3f}' for t in times[every])})")

@@ -7,7 +7,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from trainlab.activations import ACTIVATIONS, ELU, LeakyReLU, is_activation_module
+from trainlab.activations import ACTIVATIONS, ELU, LeakyReLU
+from trainlab.layers import activation_bounds, activation_modules, zero_floor_modules
 from trainlab.registry import format_validation_error
 
 X = torch.linspace(-6.0, 6.0, 241, dtype=torch.float64)
@@ -76,13 +77,17 @@ def test_can_die_means_zero_output_and_gradient_for_negative_input(name):
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS.names())
-def test_is_activation_module_recognizes_what_activations_build(name):
-    assert is_activation_module(ACTIVATIONS.create(name).module())
+def test_layers_know_every_module_the_activations_build(name):
+    act = ACTIVATIONS.create(name)
+    module = act.module()
+    assert isinstance(module, activation_modules())
+    assert activation_bounds().get(type(module)) == act.bounds
+    assert isinstance(module, zero_floor_modules()) == act.can_die
 
 
 @pytest.mark.parametrize("module", [nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(), nn.Sequential(nn.ReLU())])
-def test_is_activation_module_rejects_other_modules(module):
-    assert not is_activation_module(module)
+def test_layers_do_not_count_other_modules_as_activations(module):
+    assert not isinstance(module, activation_modules())
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS.names())

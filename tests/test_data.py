@@ -289,3 +289,39 @@ def test_to_device_and_config_augment_reaches_data():
     moved = data.to("cpu")
     assert isinstance(moved, Data) and moved.augment == data.augment and moved.augment[0].std == 0.1
     assert "train=720" in repr(moved)
+
+
+@pytest.mark.parametrize("dataset", ["mnist1d", {"name": "mnist1d", "num_samples": 777}, "digits", "breast_cancer",
+                                     "wine", "moons", {"name": "spirals", "n_samples": 301}])
+@pytest.mark.parametrize("val_fraction,test_fraction,train_size", [(0.1, 0.2, None), (0.0, 0.33, None),
+                                                                    (0.25, 0.1, 50)])
+def test_split_sizes_count_what_load_data_splits_without_loading(dataset, val_fraction, test_fraction, train_size):
+    from trainlab.data import split_sizes, steps_per_epoch
+
+    cfg = DataConfig.model_validate({"dataset": dataset, "val_fraction": val_fraction,
+                                     "test_fraction": test_fraction, "train_size": train_size, "batch_size": 32})
+    data = load_data(cfg)
+    assert split_sizes(cfg) == {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)}
+    assert steps_per_epoch(cfg) == data.steps_per_epoch(32) == sum(1 for _ in data.train_batches(32, torch.Generator()))
+
+
+def test_npz_sizes_come_from_the_array_headers(tmp_path):
+    from trainlab.data import split_sizes
+
+    np.savez(tmp_path / "own.npz", x_train=np.zeros((30, 3)), y_train=np.zeros(30), x_test=np.zeros((7, 3)),
+             y_test=np.zeros(7))
+    np.savez(tmp_path / "one.npz", x=np.zeros((40, 2)), y=np.arange(40) % 2)
+    assert DATASETS.create({"name": "npz", "path": str(tmp_path / "own.npz")}).sizes() == (30, 7)
+    assert DATASETS.create({"name": "npz", "path": str(tmp_path / "one.npz")}).sizes() == (40, None)
+    cfg = DataConfig.model_validate({"dataset": {"name": "npz", "path": str(tmp_path / "one.npz")}})
+    data = load_data(cfg)
+    assert split_sizes(cfg) == {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)}
+
+
+def test_split_sizes_refuse_a_train_size_above_what_is_left():
+    from trainlab.data import split_sizes
+
+    from trainlab.registry import ConfigError
+
+    with pytest.raises(ConfigError, match="must be at most the 800 training samples"):
+        split_sizes(DataConfig.model_validate({"dataset": "moons", "train_size": 801, "val_fraction": 0.0}))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from trainlab.callbacks import Callback
+from trainlab.config import load_config
 from trainlab.figures import plot_lr_range, save_lr_range_plot
 from trainlab.lr_range import LRRangeResult, RangeTestCallback, lr_range_test, lr_schedule, smooth, suggestions
 from trainlab.trainer import build_trainer
@@ -56,7 +57,7 @@ class LRLog(Callback):
 def test_the_callback_sets_each_steps_lr_records_the_loss_and_stops_at_the_end():
     lrs = lr_schedule(1e-4, 1e-2, 12)
     recorder, log = RangeTestCallback(lrs, beta=0.9, diverge_factor=4.0), LRLog()
-    trainer = build_trainer({**TINY, "epochs": 10}, [recorder, log])
+    trainer = build_trainer(load_config({**TINY, "epochs": 10}), [recorder, log])
     trainer.fit()
     assert np.allclose(log.lrs, lrs)
     assert len(recorder.losses) == 12 == len(log.lrs)
@@ -65,7 +66,7 @@ def test_the_callback_sets_each_steps_lr_records_the_loss_and_stops_at_the_end()
 
 
 def test_range_test_ends_when_the_loss_explodes_and_suggests_a_tenth_of_the_minimum():
-    result = lr_range_test({**TINY, "seed": 1}, min_lr=1e-4, max_lr=1e4, steps=60)
+    result = lr_range_test(load_config({**TINY, "seed": 1}), min_lr=1e-4, max_lr=1e4, steps=60)
     assert result.diverged and ("exploded" in result.stopped_reason or "non-finite" in result.stopped_reason)
     assert 1 < len(result.lrs) < 60
     assert np.allclose(result.lrs, lr_schedule(1e-4, 1e4, 60)[: len(result.lrs)])
@@ -77,14 +78,14 @@ def test_range_test_ends_when_the_loss_explodes_and_suggests_a_tenth_of_the_mini
 
 
 def test_range_test_that_stays_stable_reaches_max_lr_and_can_suggest_the_steepest_point():
-    result = lr_range_test(TINY, min_lr=1e-5, max_lr=1e-3, steps=10, rule="steepest")
+    result = lr_range_test(load_config(TINY), min_lr=1e-5, max_lr=1e-3, steps=10, rule="steepest")
     assert not result.diverged and len(result.lrs) == 10
     assert result.suggested_lr == result.steepest_lr
 
 
 def test_range_test_runs_with_a_schedule_whose_warmup_is_longer_than_the_test():
     config = {**TINY, "schedule": {"name": "cosine", "warmup_steps": 500}}
-    assert len(lr_range_test(config, min_lr=1e-5, max_lr=1e-3, steps=10).lrs) == 10
+    assert len(lr_range_test(load_config(config), min_lr=1e-5, max_lr=1e-3, steps=10).lrs) == 10
 
 
 @pytest.mark.parametrize("kwargs, field", [
@@ -95,7 +96,7 @@ def test_range_test_runs_with_a_schedule_whose_warmup_is_longer_than_the_test():
 ])
 def test_invalid_arguments_name_the_parameter(kwargs, field):
     with pytest.raises(ValueError, match=f"'{field}'"):
-        lr_range_test(TINY, **kwargs)
+        lr_range_test(load_config(TINY), **kwargs)
 
 
 def test_the_plot_marks_both_suggestions(tmp_path):

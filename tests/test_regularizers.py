@@ -13,7 +13,6 @@ from trainlab.regularizers import (
     L1,
     L2,
     sparsity,
-    total_penalty,
 )
 
 
@@ -176,13 +175,6 @@ def test_unknown_layer_lists_available_names():
         L1(layers=["fc9"]).attach(tiny_mlp())
     with pytest.raises(ValueError, match="selects no parameters"):
         L1(layers=["1"]).attach(tiny_mlp())
-
-
-def test_total_penalty():
-    model = tiny_mlp()
-    a, b = L1(strength=0.1).attach(model), L2(strength=0.2).attach(model)
-    torch.testing.assert_close(total_penalty([a, b]), a.value() + b.value())
-    assert total_penalty([]) is None
 
 
 def test_sparsity():

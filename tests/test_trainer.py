@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainlab.callbacks import Callback, EarlyStopping, NonFiniteGuard, early_stopping_decision
+from trainlab.callbacks import Callback, EarlyStopping, EarlyStoppingConfig, NonFiniteGuard, early_stopping_decision
+from trainlab.config import load_config
 from trainlab.registry import ConfigError
 from trainlab.runs import Store, load_result, train
 from trainlab.trainer import build_trainer
@@ -35,22 +36,27 @@ def test_early_stopping_min_delta_and_non_finite():
 
 
 def test_callback_arguments_are_validated():
-    with pytest.raises(ValueError, match="'mode' parameter of EarlyStopping must be 'auto', 'min' or 'max'"):
+    with pytest.raises(ValueError, match=r"mode: The 'mode' parameter of early_stopping must be 'auto', 'min' or 'max'"
+                                         r"\. Got 'mx' instead\."):
         EarlyStopping(mode="mx")
+    with pytest.raises(ValueError, match="'patience' parameter of early_stopping must be greater than or equal to 0"):
+        EarlyStopping(patience=-1)
+    with pytest.raises(TypeError, match="not both"):
+        EarlyStopping(EarlyStoppingConfig(), patience=3)
     with pytest.raises(ValueError, match="'every_steps' parameter of NonFiniteGuard must be >= 1. Got 0"):
         NonFiniteGuard(every_steps=0)
 
 
 def test_training_learns_moons(tiny):
     tiny["epochs"] = 15
-    result = train(tiny)
+    result = train(load_config(tiny))
     assert result.final["test_acc"] > 0.85
     assert [row["epoch"] for row in result.history] == list(range(1, 16))
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
 def test_same_seed_same_numbers_and_other_seed_differs(tiny):
-    a, b, c = train(tiny), train(tiny), train({**tiny, "seed": 1})
+    a, b, c = train(load_config(tiny)), train(load_config(tiny)), train(load_config({**tiny, "seed": 1}))
     assert a.metric("train_loss") == b.metric("train_loss") and a.final["test_acc"] == b.final["test_acc"]
     assert a.metric("train_loss") != c.metric("train_loss")
 
@@ -70,10 +76,10 @@ def test_resume_is_bit_identical(tiny, tmp_path):
            "data": {**tiny["data"], "augment": [{"name": "gaussian_noise", "std": 0.05}]},
            "schedule": {"name": "cosine", "warmup_steps": 5},
            "early_stopping": {"patience": 50}, "gradient_noise": 0.01}
-    whole = train(cfg, tmp_path / "whole", keep_model=True)
+    whole = train(load_config(cfg), tmp_path / "whole", keep_model=True)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "cut", callbacks=[Interrupt(at_epoch=4)])
-    resumed = train(cfg, tmp_path / "cut", resume=True, keep_model=True)
+        train(load_config(cfg), tmp_path / "cut", callbacks=[Interrupt(at_epoch=4)])
+    resumed = train(load_config(cfg), tmp_path / "cut", resume=True, keep_model=True)
     for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
@@ -82,17 +88,17 @@ def test_resume_is_bit_identical(tiny, tmp_path):
 
 
 def test_resume_with_another_config_is_refused(tiny, tmp_path):
-    train(tiny, tmp_path / "run")
+    train(load_config(tiny), tmp_path / "run")
     with pytest.raises(ValueError, match="different config"):
-        train({**tiny, "seed": 3}, tmp_path / "run", resume=True)
+        train(load_config({**tiny, "seed": 3}), tmp_path / "run", resume=True)
     with pytest.raises(ValueError, match="already holds a run"):
-        train(tiny, tmp_path / "run")
+        train(load_config(tiny), tmp_path / "run")
 
 
 def test_non_finite_loss_stops_the_run(tiny):
     tiny["optimizer"] = {"name": "sgd", "lr": 1e6}
     tiny["model"]["activation"] = "relu"
-    result = train({**tiny, "epochs": 30})
+    result = train(load_config({**tiny, "epochs": 30}))
     assert "non-finite" in result.final["stopped_reason"]
     assert result.extras["diverged"] is True
     assert result.final["epochs_run"] < 30
@@ -100,7 +106,7 @@ def test_non_finite_loss_stops_the_run(tiny):
 
 def test_early_stopping_stops_and_restores_best(tiny):
     tiny.update(epochs=60, early_stopping={"monitor": "val_loss", "patience": 2, "min_delta": 0.5})
-    result = train(tiny)
+    result = train(load_config(tiny))
     assert result.final["stopped_reason"].startswith("early stopping")
     assert result.extras["best_epoch"] == 1 and result.final["epochs_run"] == 3
     # The restored weights are epoch 1's: the final validation loss is the one logged then.
@@ -110,15 +116,15 @@ def test_early_stopping_stops_and_restores_best(tiny):
 
 def test_the_epoch_that_stops_training_is_still_logged(tiny, tmp_path):
     tiny.update(epochs=60, early_stopping={"patience": 2, "min_delta": 0.5})
-    result = train(tiny, tmp_path / "run")
+    result = train(load_config(tiny), tmp_path / "run")
     rows = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
     assert len(rows) == result.final["epochs_run"] == 3
 
 
 def test_resuming_a_stopped_run_does_not_train_on(tiny, tmp_path):
     tiny.update(epochs=60, early_stopping={"patience": 2, "min_delta": 0.5})
-    first = train(tiny, tmp_path / "run")
-    again = train(tiny, tmp_path / "run", resume=True)
+    first = train(load_config(tiny), tmp_path / "run")
+    again = train(load_config(tiny), tmp_path / "run", resume=True)
     assert again.final["epochs_run"] == first.final["epochs_run"] == 3
     assert again.final["stopped_reason"] == first.final["stopped_reason"]
     assert again.final["test_acc"] == first.final["test_acc"]
@@ -126,7 +132,7 @@ def test_resuming_a_stopped_run_does_not_train_on(tiny, tmp_path):
 
 def test_resume_needs_a_run_directory(tiny):
     with pytest.raises(ValueError, match="'resume' argument needs 'out_dir'"):
-        train(tiny, resume=True)
+        train(load_config(tiny), resume=True)
 
 
 @pytest.mark.parametrize("patch,val_fraction,message", [
@@ -138,7 +144,7 @@ def test_resume_needs_a_run_directory(tiny):
 def test_a_monitor_that_is_never_logged_fails_before_training(tiny, patch, val_fraction, message):
     tiny["data"]["val_fraction"] = val_fraction
     with pytest.raises(ConfigError, match=message):
-        build_trainer({**tiny, **patch})
+        build_trainer(load_config({**tiny, **patch}))
 
 
 def test_regression_rejects_accuracy_monitors_and_label_smoothing(tmp_path):
@@ -147,17 +153,17 @@ def test_regression_rejects_accuracy_monitors_and_label_smoothing(tmp_path):
     np.savez(tmp_path / "reg.npz", x=x, y=x @ np.array([2.0, -1.0, 0.5]))
     cfg = {"data": {"dataset": {"name": "npz", "path": str(tmp_path / "reg.npz")}},
            "model": {"name": "mlp", "depth": 1, "width": 8}, "epochs": 2}
-    final = build_trainer(cfg).fit()
+    final = build_trainer(load_config(cfg)).fit()
     assert "val_loss" in final and "val_acc" not in final
     with pytest.raises(ConfigError, match="accuracy is logged for classification only"):
-        build_trainer({**cfg, "early_stopping": {"monitor": "val_acc"}})
+        build_trainer(load_config({**cfg, "early_stopping": {"monitor": "val_acc"}}))
     with pytest.raises(ConfigError, match="'label_smoothing' parameter of RunConfig applies to classification"):
-        build_trainer({**cfg, "label_smoothing": 0.1})
+        build_trainer(load_config({**cfg, "label_smoothing": 0.1}))
 
 
 def test_l2_penalty_shrinks_weights(tiny):
     def weight_norm(cfg):
-        t = build_trainer(cfg)
+        t = build_trainer(load_config(cfg))
         t.fit()
         return sum(p.norm() ** 2 for n, p in t.model.named_parameters() if p.ndim > 1).item()
 
@@ -166,7 +172,7 @@ def test_l2_penalty_shrinks_weights(tiny):
 
 def test_any_user_module_trains(tiny):
     model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
-    trainer = build_trainer(tiny, model=model)
+    trainer = build_trainer(load_config(tiny), model=model)
     final = trainer.fit()
     assert trainer.model is model and final["test_acc"] > 0.7
 
@@ -180,8 +186,27 @@ class CountFits(Callback):
 
 def test_store_trains_a_config_once(tiny, tmp_path):
     store = Store(tmp_path)
-    first = store.run(tiny, callbacks=[CountFits()])
-    second = store.run(tiny, callbacks=[CountFits()])
+    first = store.run(load_config(tiny), callbacks=[CountFits()])
+    second = store.run(load_config(tiny), callbacks=[CountFits()])
     assert CountFits.fits == 1
-    assert second.final == first.final and store.has(tiny)
-    assert second.load_model() is not None
+    assert second.final == first.final and store.has(load_config(tiny))
+    # The model comes back from the run directory alone (config, meta.json shapes, weights): same test accuracy.
+    from trainlab.data import load_data
+
+    model, data = second.load_model(), load_data(load_config(tiny).data)
+    with torch.no_grad():
+        accuracy = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    assert accuracy == pytest.approx(first.final["test_acc"], abs=1e-6)
+
+
+def test_the_layers_below_load_config_take_only_a_run_config(tiny, tmp_path):
+    for call in (lambda: train(tiny), lambda: build_trainer(tiny), lambda: Store(tmp_path).run(tiny)):
+        with pytest.raises(TypeError, match="must be a RunConfig. Got dict instead; make one with "
+                                            "trainlab.load_config"):
+            call()
+
+
+def test_load_config_returns_a_run_config_as_is_and_applies_overrides(tiny):
+    config = load_config(tiny)
+    assert load_config(config) is config
+    assert load_config(config, {"epochs": 3}).epochs == 3 and config.epochs != 3

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from trainlab.registry import REGISTRIES
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -17,14 +19,15 @@ _EXPORTS = {
     "train": "trainlab.runs", "Store": "trainlab.runs", "RunResult": "trainlab.runs",
     "load_result": "trainlab.runs", "load_model": "trainlab.runs",
     "Callback": "trainlab.callbacks", "StopTraining": "trainlab.callbacks", "EarlyStopping": "trainlab.callbacks",
+    "EarlyStoppingConfig": "trainlab.callbacks",
     "DataConfig": "trainlab.data", "Data": "trainlab.data", "load_data": "trainlab.data",
-    "INITIALIZERS": "trainlab.initializers", "ACTIVATIONS": "trainlab.activations", "MODELS": "trainlab.models",
-    "REGULARIZERS": "trainlab.regularizers", "OPTIMIZERS": "trainlab.optimizers", "SCHEDULES": "trainlab.schedules",
+    "split_sizes": "trainlab.data", "steps_per_epoch": "trainlab.data",
     "diagnose": "trainlab.diagnostics", "doctor": "trainlab.diagnostics", "Diagnostics": "trainlab.diagnostics",
     "probe_forward": "trainlab.diagnostics", "find_problems": "trainlab.diagnostics",
     "run_studies": "trainlab.studies", "run_study": "trainlab.studies", "ablate": "trainlab.studies",
     "STUDIES": "trainlab.studies", "lr_range_test": "trainlab.lr_range",
-    "DATASETS": "trainlab.data", "PREPROCESSORS": "trainlab.data", "AUGMENTATIONS": "trainlab.augment",
+    # Every registry (INITIALIZERS, OPTIMIZERS, ...), from the one list in registry.py.
+    **{name: module for module, name in REGISTRIES.values()},
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -34,3 +37,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'trainlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -134,7 +134,3 @@ class SiLU(Activation):
     family: ClassVar[str] = "relu"
     torch_module: ClassVar[type[nn.Module]] = nn.SiLU
 
-
-def is_activation_module(m: nn.Module) -> bool:
-    """Whether ``m`` is one of the torch modules that the registered activations build."""
-    return isinstance(m, tuple(ACTIVATIONS.get(name).torch_module for name in ACTIVATIONS))

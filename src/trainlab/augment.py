@@ -7,7 +7,7 @@ seed gives the same batch on any device.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from pydantic import Field, model_validator
@@ -99,11 +99,19 @@ class Scale(Augmentation):
 
     @model_validator(mode="after")
     def _check_range(self) -> Scale:
-        if not self.high > self.low:
-            raise ValueError(f"The 'high' parameter of Scale must be greater than 'low' ({self.low}). "
-                             f"Got {self.high} instead.")
-        return self
+        return check_low_below_high(self)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         u = torch.rand(x.shape[0], generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
         return x * _per_sample(x, self.low + (self.high - self.low) * u)
+
+
+R = TypeVar("R", bound=Component)
+
+
+def check_low_below_high(spec: R) -> R:
+    """``spec`` if its ``high`` field is above its ``low`` one; else the error naming both (a range's validator)."""
+    if not spec.high > spec.low:
+        raise ValueError(f"The 'high' parameter of {type(spec).__name__} must be greater than 'low' ({spec.low}). "
+                         f"Got {spec.high} instead.")
+    return spec

@@ -19,10 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
+
+from trainlab.registry import Section, validate_section
 
 if TYPE_CHECKING:
     from trainlab.trainer import Trainer
@@ -94,18 +97,33 @@ def require_metric(metrics: dict[str, float], monitor: str, who: str) -> float:
     return float(metrics[monitor])
 
 
-class EarlyStopping(Callback):
-    """Stop when the monitored metric stops improving; restore the best weights at the end (Prechelt 1998)."""
+class EarlyStoppingConfig(Section):
+    """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` epochs (Prechelt 1998)."""
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 10, min_delta: float = 0.0,
-                 restore_best: bool = True):
-        if patience < 0:
-            raise ValueError(f"The 'patience' parameter of EarlyStopping must be >= 0. Got {patience} instead.")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"The 'mode' parameter of EarlyStopping must be 'auto', 'min' or 'max'. "
-                             f"Got {mode!r} instead.")
-        self.monitor, self.mode = monitor, metric_mode(monitor, mode)
-        self.patience, self.min_delta, self.restore_best = patience, min_delta, restore_best
+    @classmethod
+    def owner_name(cls) -> str:
+        return "early_stopping"
+
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = Field(10, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = True
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored metric stops improving; restore the best weights at the end (Prechelt 1998).
+
+    Takes the fields of ``EarlyStoppingConfig`` (its defaults and checks are the only ones), or one such config.
+    """
+
+    def __init__(self, config: EarlyStoppingConfig | None = None, **fields: Any):
+        if config is not None and fields:
+            raise TypeError(f"EarlyStopping takes an EarlyStoppingConfig or its fields, not both. "
+                            f"Got a config and {sorted(fields)} instead.")
+        spec = config if config is not None else validate_section(EarlyStoppingConfig, fields)
+        self.monitor, self.mode = spec.monitor, metric_mode(spec.monitor, spec.mode)
+        self.patience, self.min_delta, self.restore_best = spec.patience, spec.min_delta, spec.restore_best
         self.values: list[float] = []
         self.best_state: dict[str, Tensor] | None = None
         self.best_epoch = 0

@@ -13,21 +13,10 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from trainlab.registry import REGISTRIES, registry
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Train neural networks well, and measure what each technique does.")
-
-KINDS = {
-    "initializer": ("trainlab.initializers", "INITIALIZERS"),
-    "activation": ("trainlab.activations", "ACTIVATIONS"),
-    "model": ("trainlab.models", "MODELS"),
-    "regularizer": ("trainlab.regularizers", "REGULARIZERS"),
-    "optimizer": ("trainlab.optimizers", "OPTIMIZERS"),
-    "schedule": ("trainlab.schedules", "SCHEDULES"),
-    "dataset": ("trainlab.data", "DATASETS"),
-    "preprocessor": ("trainlab.data", "PREPROCESSORS"),
-    "augmentation": ("trainlab.augment", "AUGMENTATIONS"),
-}
-
 
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
@@ -47,13 +36,6 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def registry(kind: str) -> Any:
-    import importlib
-
-    module, name = KINDS[kind]
-    return getattr(importlib.import_module(module), name)
-
-
 def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
@@ -62,16 +44,12 @@ def console(stderr: bool = False) -> Any:
 
 @app.command("list")
 @user_errors
-def list_components(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(KINDS)}.")) -> None:
+def list_components(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(REGISTRIES)}.")) -> None:
     """List the registered components of one kind (or of every kind) with their one-line descriptions."""
     from rich.table import Table
 
-    from trainlab.registry import suggest
-
-    if kind is not None and kind not in KINDS:
-        fail(f"Unknown kind {kind!r}. {suggest(kind, list(KINDS))}Available: {', '.join(KINDS)}.")
     table = Table("kind", "name", "description", box=None, pad_edge=False)
-    for k in [kind] if kind else KINDS:
+    for k in [kind] if kind else REGISTRIES:
         for name, description in registry(k).describe().items():
             table.add_row(k, name, description)
     console().print(table)
@@ -97,10 +75,10 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
     out = out or Path("runs") / f"{config.stem}-{config_hash(cfg)[:8]}"
     callbacks = []
     if probes or tensorboard is not None:
-        from trainlab.diagnostics import Diagnostics, _summary_writer_class
+        from trainlab.diagnostics import Diagnostics, summary_writer_class
 
         if tensorboard is not None:
-            _summary_writer_class()  # fail before training if tensorboard is not installed
+            summary_writer_class()  # fail before training if tensorboard is not installed
         callbacks.append(Diagnostics(out_dir=out, tensorboard_dir=tensorboard))
     result = train_run(cfg, out, callbacks=callbacks, progress=not quiet, resume=resume, description=config.stem)
     if as_json:

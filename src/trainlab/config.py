@@ -13,26 +13,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError
 
+from trainlab.callbacks import EarlyStoppingConfig
 from trainlab.data import DataConfig
 from trainlab.models import MODELS
 from trainlab.optimizers import OPTIMIZERS
-from trainlab.registry import ConfigError, Section, format_validation_error, suggest
+from trainlab.registry import ConfigError, Section, format_validation_error, registries, suggest
 from trainlab.regularizers import REGULARIZERS
 from trainlab.schedules import SCHEDULES
-
-
-class EarlyStoppingConfig(Section):
-    """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` epochs (Prechelt 1998)."""
-
-    @classmethod
-    def owner_name(cls) -> str:
-        return "early_stopping"
-
-    monitor: str = "val_loss"
-    mode: Literal["auto", "min", "max"] = "auto"
-    patience: int = Field(10, ge=0)
-    min_delta: float = Field(0.0, ge=0)
-    restore_best: bool = True
 
 
 class RunConfig(Section):
@@ -125,14 +112,9 @@ def apply_overrides(resolved: Mapping[str, Any], overrides: Mapping[str, Any]) -
 
 
 def _swap_component(node: dict[str, Any], name: Any) -> None:
-    from trainlab.data import AUGMENTATIONS, DATASETS, PREPROCESSORS
-    from trainlab.initializers import INITIALIZERS
-    from trainlab.activations import ACTIVATIONS
-
     old = node.get("name")
     # A name can live in two registries ('constant' is a schedule and an initializer): prefer the one with both.
-    owners = [r for r in (MODELS, OPTIMIZERS, SCHEDULES, REGULARIZERS, DATASETS, PREPROCESSORS, AUGMENTATIONS,
-                          INITIALIZERS, ACTIVATIONS) if old in r]
+    owners = [r for r in registries().values() if old in r]
     owners.sort(key=lambda r: name not in r)
     if owners:
         fields = owners[0].get(name).model_fields if isinstance(name, str) and name in owners[0] else {}
@@ -153,15 +135,26 @@ def resolve(raw: Mapping[str, Any] | RunConfig) -> RunConfig:
 
 def load_config(source: str | Path | Mapping[str, Any] | RunConfig,
                 overrides: Iterable[str] | Mapping[str, Any] = ()) -> RunConfig:
-    """A validated RunConfig from a YAML path, a dict or a RunConfig, with dotted overrides applied."""
+    """A validated RunConfig from a YAML path, a dict or a RunConfig, with dotted overrides applied.
+
+    This is the one place a config is validated: everything below it (``build_trainer``, ``train``, ``Store``,
+    studies, doctor) takes the ``RunConfig`` it returns. A RunConfig without overrides comes back as it is.
+    """
     if isinstance(source, RunConfig):
-        raw: Mapping[str, Any] = source.model_dump()
+        config = source
     elif isinstance(source, Mapping):
-        raw = source
+        config = resolve(source)
     else:
-        raw = read_yaml(source)
+        config = resolve(read_yaml(source))
     overrides = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    config = resolve(raw)
     if not overrides:
         return config
     return resolve(apply_overrides(config.model_dump(), overrides))
+
+
+def require_config(config: Any, who: str) -> RunConfig:
+    """``config`` if it is a RunConfig; otherwise a TypeError that says how to make one."""
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"The 'config' argument of {who} must be a RunConfig. Got {type(config).__name__} instead; "
+                        f"make one with trainlab.load_config(path_or_dict, overrides).")
+    return config

@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from trainlab.augment import AUGMENTATIONS, Augmentation
+from trainlab.augment import AUGMENTATIONS, Augmentation, check_low_below_high
 from trainlab.registry import Component, ConfigError, Registry, Section
 
 Task = Literal["classification", "regression"]
@@ -116,57 +116,54 @@ class Mnist1d(DatasetSpec):
 
 # --- scikit-learn bundled sets and synthetic sets -----------------------------------------------------------------
 
-def _sklearn_bunch(bunch, x: np.ndarray) -> RawData:
-    names = [str(n) for n in bunch.target_names]
-    return RawData(x.astype(np.float32), bunch.target.astype(np.int64), None, None, "classification", len(names),
-                   feature_names=[str(n) for n in bunch.feature_names], class_names=names)
+class _BundledSet(DatasetSpec):
+    """A set bundled with scikit-learn: ``sklearn.datasets.<loader>()``, ``samples`` rows, no test split."""
+
+    loader: ClassVar[str]
+    samples: ClassVar[int]
+
+    def sizes(self) -> tuple[int, int | None]:
+        return self.samples, None
+
+    def inputs(self, data: np.ndarray) -> np.ndarray:
+        return data
+
+    def load(self) -> RawData:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, self.loader)()
+        names = [str(n) for n in bunch.target_names]
+        return RawData(self.inputs(bunch.data).astype(np.float32), bunch.target.astype(np.int64), None, None,
+                       "classification", len(names), feature_names=[str(n) for n in bunch.feature_names],
+                       class_names=names)
 
 
 @DATASETS.register("digits")
-class Digits(DatasetSpec):
+class Digits(_BundledSet):
     """scikit-learn's 8x8 handwritten digits: 1797 samples, 10 classes; image=True gives (1, 8, 8) for CNNs.
 
     Pixel values are integers in [0, 16]. UCI "Optical Recognition of Handwritten Digits" (Alpaydin & Kaynak 1998).
     """
 
+    loader, samples = "load_digits", 1797
     image: bool = False
 
-    def sizes(self) -> tuple[int, int | None]:
-        return 1797, None
-
-    def load(self) -> RawData:
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        return _sklearn_bunch(bunch, bunch.data.reshape(-1, 1, 8, 8) if self.image else bunch.data)
+    def inputs(self, data: np.ndarray) -> np.ndarray:
+        return data.reshape(-1, 1, 8, 8) if self.image else data
 
 
 @DATASETS.register("breast_cancer")
-class BreastCancer(DatasetSpec):
+class BreastCancer(_BundledSet):
     """scikit-learn's Wisconsin breast cancer set: 569 samples, 30 features on very different scales, 2 classes."""
 
-    def sizes(self) -> tuple[int, int | None]:
-        return 569, None
-
-    def load(self) -> RawData:
-        from sklearn.datasets import load_breast_cancer
-
-        bunch = load_breast_cancer()
-        return _sklearn_bunch(bunch, bunch.data)
+    loader, samples = "load_breast_cancer", 569
 
 
 @DATASETS.register("wine")
-class Wine(DatasetSpec):
+class Wine(_BundledSet):
     """scikit-learn's wine recognition set: 178 samples, 13 features on very different scales, 3 classes."""
 
-    def sizes(self) -> tuple[int, int | None]:
-        return 178, None
-
-    def load(self) -> RawData:
-        from sklearn.datasets import load_wine
-
-        bunch = load_wine()
-        return _sklearn_bunch(bunch, bunch.data)
+    loader, samples = "load_wine", 178
 
 
 @DATASETS.register("moons")
@@ -288,8 +285,9 @@ class Npz(DatasetSpec):
         with zipfile.ZipFile(_existing(self.path, "npz")) as archive:
             for member in archive.namelist():
                 with archive.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    shape = np.lib.format._read_array_header(f, version)[0]
+                    read_header = (np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(f) == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape = read_header(f)[0]
                 lengths[member.removesuffix(".npy")] = shape[0] if shape else 0
         if {"x_train", "y_train", "x_test", "y_test"} <= lengths.keys():
             return lengths["y_train"], lengths["y_test"]
@@ -455,10 +453,7 @@ class MinMax(Preprocessor):
 
     @model_validator(mode="after")
     def _check_range(self) -> MinMax:
-        if not self.high > self.low:
-            raise ValueError(f"The 'high' parameter of MinMax must be greater than 'low' ({self.low}). "
-                             f"Got {self.high} instead.")
-        return self
+        return check_low_below_high(self)
 
     def fit(self, x: np.ndarray) -> Fitted:
         x = x.astype(np.float64)

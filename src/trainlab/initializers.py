@@ -143,6 +143,7 @@ class VarianceScaling(Initializer):
 class _VarianceScalingPreset(VarianceScaling):
     """A VarianceScaling whose scale, mode and distribution are fixed class constants, not fields."""
 
+    # Each preset sets the three in one line: ``scale, mode, distribution = 2.0, "fan_in", "normal"``.
     scale: ClassVar[float]
     mode: ClassVar[str]
     distribution: ClassVar[str]
@@ -165,9 +166,7 @@ class XavierNormal(_VarianceScalingPreset):
     Glorot & Bengio, "Understanding the difficulty of training deep feedforward neural networks", 2010.
     """
 
-    scale: ClassVar[float] = 1.0
-    mode: ClassVar[str] = "fan_avg"
-    distribution: ClassVar[str] = "normal"
+    scale, mode, distribution = 1.0, "fan_avg", "normal"
 
 
 @INITIALIZERS.register("xavier_uniform")
@@ -177,9 +176,7 @@ class XavierUniform(_VarianceScalingPreset):
     Glorot & Bengio, "Understanding the difficulty of training deep feedforward neural networks", 2010.
     """
 
-    scale: ClassVar[float] = 1.0
-    mode: ClassVar[str] = "fan_avg"
-    distribution: ClassVar[str] = "uniform"
+    scale, mode, distribution = 1.0, "fan_avg", "uniform"
 
 
 @INITIALIZERS.register("lecun_normal")
@@ -189,9 +186,7 @@ class LecunNormal(_VarianceScalingPreset):
     LeCun et al., "Efficient BackProp", 1998; Klambauer et al., "Self-Normalizing Neural Networks", 2017.
     """
 
-    scale: ClassVar[float] = 1.0
-    mode: ClassVar[str] = "fan_in"
-    distribution: ClassVar[str] = "normal"
+    scale, mode, distribution = 1.0, "fan_in", "normal"
 
 
 @INITIALIZERS.register("lecun_uniform")
@@ -201,9 +196,7 @@ class LecunUniform(_VarianceScalingPreset):
     LeCun et al., "Efficient BackProp", 1998.
     """
 
-    scale: ClassVar[float] = 1.0
-    mode: ClassVar[str] = "fan_in"
-    distribution: ClassVar[str] = "uniform"
+    scale, mode, distribution = 1.0, "fan_in", "uniform"
 
 
 @INITIALIZERS.register("he_normal")
@@ -214,9 +207,7 @@ class HeNormal(_VarianceScalingPreset):
     Rectifiers", 2015.
     """
 
-    scale: ClassVar[float] = 2.0
-    mode: ClassVar[str] = "fan_in"
-    distribution: ClassVar[str] = "normal"
+    scale, mode, distribution = 2.0, "fan_in", "normal"
 
 
 @INITIALIZERS.register("he_uniform")
@@ -226,9 +217,7 @@ class HeUniform(_VarianceScalingPreset):
     He et al., "Delving Deep into Rectifiers", 2015.
     """
 
-    scale: ClassVar[float] = 2.0
-    mode: ClassVar[str] = "fan_in"
-    distribution: ClassVar[str] = "uniform"
+    scale, mode, distribution = 2.0, "fan_in", "uniform"
 
 
 @INITIALIZERS.register("auto")

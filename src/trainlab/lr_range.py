@@ -24,11 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from trainlab.callbacks import Callback, StopTraining
+
+if TYPE_CHECKING:
+    from trainlab.config import RunConfig
 
 Rule = Literal["min_tenth", "steepest"]
 RULES: tuple[str, ...] = ("min_tenth", "steepest")
@@ -76,14 +79,28 @@ def lr_schedule(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
     return min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
 
 
+class DebiasedEMA:
+    """``a_t = beta a_{t-1} + (1 - beta) x_t`` from ``a_0 = 0``, read as ``a_t / (1 - beta^t)``.
+
+    Dividing by ``1 - beta^t`` removes the pull towards the zero start, so the first value is the first sample
+    (the bias correction of Kingma & Ba, "Adam", 2015).
+    """
+
+    def __init__(self, beta: float):
+        _check_beta(beta)
+        self.beta, self.avg, self.t = beta, 0.0, 0
+
+    def update(self, value: float) -> float:
+        """Add one sample; the debiased average so far."""
+        self.t += 1
+        self.avg = self.beta * self.avg + (1 - self.beta) * float(value)
+        return self.avg / (1 - self.beta ** self.t)
+
+
 def smooth(losses: np.ndarray | list[float], beta: float) -> np.ndarray:
-    """Debiased exponential moving average of the losses; the first value is the first loss."""
-    _check_beta(beta)
-    out, avg = [], 0.0
-    for t, loss in enumerate(losses, 1):
-        avg = beta * avg + (1 - beta) * float(loss)
-        out.append(avg / (1 - beta ** t))
-    return np.array(out, dtype=float)
+    """The debiased exponential moving average (``DebiasedEMA``) after each loss."""
+    ema = DebiasedEMA(beta)
+    return np.array([ema.update(loss) for loss in losses], dtype=float)
 
 
 def suggestions(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
@@ -110,7 +127,7 @@ class RangeTestCallback(Callback):
         self.lrs, self.beta, self.diverge_factor = lrs, beta, diverge_factor
         self.losses: list[float] = []
         self.smoothed: list[float] = []
-        self._avg = 0.0
+        self._ema = DebiasedEMA(beta)
         self.stopped_reason = ""
 
     def on_step_start(self, trainer: Any) -> None:
@@ -122,8 +139,7 @@ class RangeTestCallback(Callback):
         lr = float(self.lrs[len(self.losses)])
         if not math.isfinite(loss):
             self._stop(f"non-finite loss ({loss}) at lr {lr:.3g}")
-        self._avg = self.beta * self._avg + (1 - self.beta) * loss
-        smoothed = self._avg / (1 - self.beta ** (len(self.losses) + 1))
+        smoothed = self._ema.update(loss)
         self.losses.append(loss)
         self.smoothed.append(smoothed)
         best = min(self.smoothed)
@@ -138,17 +154,17 @@ class RangeTestCallback(Callback):
         raise StopTraining(f"lr range test: {reason}")
 
 
-def lr_range_test(config: Any, min_lr: float = 1e-6, max_lr: float = 10.0, steps: int = 100, *,
+def lr_range_test(config: RunConfig, min_lr: float = 1e-6, max_lr: float = 10.0, steps: int = 100, *,
                   beta: float = 0.9, diverge_factor: float = 4.0, rule: Rule = "min_tenth") -> LRRangeResult:
-    """Run the LR range test on ``config`` (a RunConfig, dict or YAML path) and suggest a learning rate.
+    """Run the LR range test on ``config`` (a validated ``RunConfig``) and suggest a learning rate.
 
     ``steps`` optimizer steps (over as many epochs of the config's data as needed) with the lr rising
     geometrically from ``min_lr`` to ``max_lr``; ``beta`` smooths the loss, ``diverge_factor`` ends the test when
     the smoothed loss exceeds that multiple of its minimum; ``rule`` (``"min_tenth"`` or ``"steepest"``) picks
     ``suggested_lr``. See the module docstring.
     """
-    from trainlab.config import load_config
-    from trainlab.data import load_data
+    from trainlab.config import load_config, require_config
+    from trainlab.data import steps_per_epoch
     from trainlab.trainer import build_trainer
 
     lrs = lr_schedule(min_lr, max_lr, steps)
@@ -160,12 +176,11 @@ def lr_range_test(config: Any, min_lr: float = 1e-6, max_lr: float = 10.0, steps
     if rule not in RULES:
         raise ValueError(f"The 'rule' parameter of lr_range_test must be one of {', '.join(RULES)}. "
                          f"Got {rule!r} instead.")
-    config = load_config(config)
-    data = load_data(config.data)
-    epochs = math.ceil(steps / data.steps_per_epoch(config.data.batch_size))
+    require_config(config, "lr_range_test")
+    epochs = math.ceil(steps / steps_per_epoch(config.data))
     config = load_config(config, {"epochs": epochs, "schedule": "constant", "early_stopping": None})
     recorder = RangeTestCallback(lrs, beta, diverge_factor)
-    trainer = build_trainer(config, [recorder], data=data)
+    trainer = build_trainer(config, [recorder])
     trainer.fit()
     # The trainer's own NonFiniteGuard may stop the run first; its reason then stands.
     stopped_reason = recorder.stopped_reason or trainer.stopped_reason

@@ -12,7 +12,6 @@ from the gradient step.
 from __future__ import annotations
 
 import abc
-import inspect
 from typing import Any
 
 import torch
@@ -20,9 +19,6 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from trainlab.registry import Component, Registry
-
-# torch >= 2.7 folds AdamW into Adam as ``decoupled_weight_decay``; older versions only have AdamW (same update).
-_ADAM_HAS_DECOUPLED = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters
 
 # Devices on which torch has a fused (one kernel for all parameters) implementation, by optimizer class; checked
 # on torch 2.11 CUDA and 2.13 CPU (fused Adagrad raises on CUDA).
@@ -198,19 +194,13 @@ class Adam(_AdamBase):
     """Adam: RMSProp with momentum and bias correction.
 
     θ ← θ − η m̂ / (√v̂ + ε), m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g², m̂ = m / (1 − β₁ᵗ), v̂ = v / (1 − β₂ᵗ).
-    Weight decay is coupled (g includes λθ) unless ``decoupled``, which makes this AdamW. Kingma & Ba, "Adam: a
-    method for stochastic optimization", ICLR 2015.
+    Weight decay is coupled: g includes λθ, which Adam's per-coordinate scaling then shrinks (``adamw`` decouples
+    it). Kingma & Ba, "Adam: a method for stochastic optimization", ICLR 2015.
     """
 
-    decoupled: bool = False
-
     def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-        kwargs = {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
-        if not self.decoupled:
-            return torch.optim.Adam, kwargs
-        if _ADAM_HAS_DECOUPLED:
-            return torch.optim.Adam, {**kwargs, "decoupled_weight_decay": True}
-        return torch.optim.AdamW, kwargs
+        return torch.optim.Adam, {"lr": self.lr, "betas": self.betas, "eps": self.eps,
+                                  "weight_decay": self.weight_decay}
 
 
 @OPTIMIZERS.register("adamw")

@@ -7,6 +7,7 @@ lower snake_case name to one class; configs name a component as ``{name: cosine,
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
@@ -120,6 +121,9 @@ class Registry(Generic[C]):
     def __len__(self) -> int:
         return len(self._classes)
 
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
     def create(self, value: Any) -> C:
         """A component from an instance, a name, or a ``{name: ..., **fields}`` mapping."""
         if isinstance(value, self.base):
@@ -144,6 +148,46 @@ class Registry(Generic[C]):
             return self.create(value)
         except (ConfigError, TypeError) as e:
             raise ValueError(str(e)) from None
+
+
+#: Every registry, by kind, with the module and name it is defined under. Imported on first use (so that
+#: ``trainlab --help`` stays fast); ``trainlab list``, the config's component swaps and the package's exports read it.
+REGISTRIES: dict[str, tuple[str, str]] = {
+    "initializer": ("trainlab.initializers", "INITIALIZERS"),
+    "activation": ("trainlab.activations", "ACTIVATIONS"),
+    "model": ("trainlab.models", "MODELS"),
+    "regularizer": ("trainlab.regularizers", "REGULARIZERS"),
+    "optimizer": ("trainlab.optimizers", "OPTIMIZERS"),
+    "schedule": ("trainlab.schedules", "SCHEDULES"),
+    "dataset": ("trainlab.data", "DATASETS"),
+    "preprocessor": ("trainlab.data", "PREPROCESSORS"),
+    "augmentation": ("trainlab.augment", "AUGMENTATIONS"),
+}
+
+
+def registry(kind: str) -> Registry[Any]:
+    """The registry of one kind of component (``"optimizer"``, ...); an unknown kind raises ``ConfigError``."""
+    if kind not in REGISTRIES:
+        raise ConfigError(f"Unknown kind {kind!r}. {suggest(str(kind), list(REGISTRIES))}"
+                          f"Available: {', '.join(REGISTRIES)}.")
+    module, name = REGISTRIES[kind]
+    return getattr(importlib.import_module(module), name)
+
+
+def registries() -> dict[str, Registry[Any]]:
+    """Every registry, by kind."""
+    return {kind: registry(kind) for kind in REGISTRIES}
+
+
+S = TypeVar("S", bound=Section)
+
+
+def validate_section(cls: type[S], fields: Any) -> S:
+    """``cls.model_validate(fields)``, with pydantic's errors turned into one clear ``ConfigError``."""
+    try:
+        return cls.model_validate(fields)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, fields, cls.owner_name())) from None
 
 
 def format_validation_error(err: ValidationError, raw: Any, owner: str) -> str:

@@ -15,7 +15,6 @@ per-sample penalty averaged over the batch.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -233,17 +232,6 @@ class ActivityPenalty(Penalty):
         self._handles = []
         self.outputs = []
         self._removed = True
-
-
-def total_penalty(penalties: Iterable[Penalty]) -> Tensor | None:
-    """The sum of the penalties' values, or None when there are none (so the loss stays untouched)."""
-    values = [p.value() for p in penalties]
-    if not values:
-        return None
-    total = values[0]
-    for v in values[1:]:
-        total = total + v
-    return total
 
 
 def sparsity(model: nn.Module, threshold: float = 1e-3) -> float:

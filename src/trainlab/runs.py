@@ -1,6 +1,7 @@
 """Run directories and the store of runs keyed by the hash of their resolved config.
 
-A run directory holds ``config.yaml`` (the resolved config), ``meta.json`` (seed, versions, threads, device),
+A run directory holds ``config.yaml`` (the resolved config), ``meta.json`` (seed, versions, threads, device, and the
+model's input shape and output count, so ``load_model`` rebuilds it without loading data),
 ``history.csv`` (per-epoch metrics), ``checkpoint.pt`` (full training state, for resume) and, once finished,
 ``summary.json`` (final metrics, extras and the history). A run without ``summary.json`` is unfinished.
 """
@@ -13,7 +14,7 @@ import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -21,8 +22,11 @@ from torch import nn
 
 from trainlab.callbacks import Callback, Checkpoint, History, Progress
 from trainlab.checkpoints import atomic_write_text, load_checkpoint
-from trainlab.config import RunConfig, load_config
+from trainlab.config import RunConfig, load_config, require_config
 from trainlab.registry import ConfigError
+
+if TYPE_CHECKING:
+    from trainlab.trainer import Trainer
 
 
 @dataclass
@@ -55,33 +59,35 @@ def config_hash(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_metadata(config: RunConfig) -> dict[str, Any]:
+def run_metadata(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
     import numpy
 
     import trainlab
 
     return {"seed": config.seed, "config_hash": config_hash(config), "trainlab": trainlab.__version__,
             "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "device": config.device}
+            "threads": torch.get_num_threads(), "device": config.device,
+            "input_shape": list(trainer.data.input_shape), "num_outputs": trainer.data.num_outputs}
 
 
 def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=float)
 
 
-def train(config: RunConfig | dict | str | Path, out_dir: str | Path | None = None, *,
+def train(config: RunConfig, out_dir: str | Path | None = None, *,
           callbacks: Sequence[Callback] = (), progress: bool = False, resume: bool = False,
           keep_model: bool = False, model: nn.Module | None = None, description: str = "train") -> RunResult:
-    """Train one run; with ``out_dir``, write its run directory as it goes (checkpoint every epoch).
+    """Train one run of a validated config (``load_config``); with ``out_dir``, write its run directory as it goes
+    (checkpoint every epoch).
 
     ``resume`` continues from ``out_dir/checkpoint.pt`` exactly where it stopped (same config required).
     """
     from trainlab.trainer import build_trainer
 
+    require_config(config, "train")
     if resume and out_dir is None:
         raise ValueError("The 'resume' argument needs 'out_dir', the run directory holding the checkpoint. "
                          "Got out_dir=None instead.")
-    config = load_config(config)
     resolved = config.model_dump(mode="json")
     run_callbacks = list(callbacks)
     if progress:
@@ -99,14 +105,15 @@ def train(config: RunConfig | dict | str | Path, out_dir: str | Path | None = No
     trainer = build_trainer(config, run_callbacks, model=model)
     if out is not None:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        atomic_write_text(out / "meta.json", _json(run_metadata(config)))
+        atomic_write_text(out / "meta.json", _json(run_metadata(config, trainer)))
     if checkpoint_state is not None:
         trainer.load_state_dict(checkpoint_state["trainer"])
     final = trainer.fit()
     result = RunResult(resolved, trainer.history, final, trainer.extras, out, trainer.model if keep_model else None)
     if out is not None:
         atomic_write_text(out / "summary.json", _json({"final": final, "extras": trainer.extras,
-                                                       "history": trainer.history, **run_metadata(config)}))
+                                                       "history": trainer.history,
+                                                       **run_metadata(config, trainer)}))
     return result
 
 
@@ -130,14 +137,15 @@ def load_result(run_dir: str | Path) -> RunResult:
 
 
 def load_model(run_dir: str | Path) -> nn.Module:
-    """Rebuild a run's model from its config and load the weights of its checkpoint (weights only)."""
-    from trainlab.data import load_data
-
+    """Rebuild a run's model from its config and the shapes in ``meta.json``; load the checkpoint's weights only."""
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
+    meta = json.loads((run_dir / "meta.json").read_text())
+    if "input_shape" not in meta:
+        raise ConfigError(f"The run in {str(run_dir)!r} was stored before runs recorded their model's input shape "
+                          f"(meta.json has no 'input_shape'); train it again to reload its model.")
     state = load_checkpoint(run_dir / "checkpoint.pt")
-    data = load_data(config.data)
-    model = config.model.build(data.input_shape, data.num_outputs)
+    model = config.model.build(tuple(meta["input_shape"]), meta["num_outputs"])
     model.load_state_dict(state["trainer"]["model"])
     return model.eval()
 
@@ -155,14 +163,13 @@ class Store:
     def run_dir(self, config: RunConfig) -> Path:
         return self.root / config_hash(config)
 
-    def has(self, config: RunConfig | dict) -> bool:
-        return (self.run_dir(load_config(config)) / "summary.json").is_file()
+    def has(self, config: RunConfig) -> bool:
+        return (self.run_dir(require_config(config, "Store.has")) / "summary.json").is_file()
 
-    def run(self, config: RunConfig | dict, *, callbacks: Sequence[Callback] = (), progress: bool = False,
+    def run(self, config: RunConfig, *, callbacks: Sequence[Callback] = (), progress: bool = False,
             keep_model: bool = False, description: str = "train") -> RunResult:
         """The stored result of ``config``, training it first if needed (resuming an interrupted run)."""
-        config = load_config(config)
-        out = self.run_dir(config)
+        out = self.run_dir(require_config(config, "Store.run"))
         if (out / "summary.json").is_file():
             result = load_result(out)
             if keep_model:

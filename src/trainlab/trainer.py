@@ -8,24 +8,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from trainlab.callbacks import Callback, StopTraining
-from trainlab.data import Data
+from trainlab.data import Data, DataConfig
 from trainlab.registry import ConfigError, suggest
+
+if TYPE_CHECKING:
+    from trainlab.config import RunConfig
+    from trainlab.schedules import LRController
 
 
 class Trainer:
-    """Trains ``model`` on ``data`` for ``epochs`` epochs; callbacks add everything else."""
+    """Trains ``model`` on ``data`` for ``epochs`` epochs; callbacks add everything else.
 
-    def __init__(self, model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, *,
-                 lr: Any = None, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 penalties: Sequence[Any] = (), callbacks: Sequence[Callback] = (), epochs: int = 10,
-                 batch_size: int = 128, eval_batch_size: int = 1024, generator: torch.Generator | None = None):
-        self.model, self.data, self.optimizer, self.lr = model, data, optimizer, lr
+    ``scheduler`` (from ``Schedule.build``) sets the optimizer's lr after every step; batch sizes default to
+    ``DataConfig``'s.
+    """
+
+    def __init__(self, model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, *, epochs: int,
+                 scheduler: LRController | None = None, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 penalties: Sequence[Any] = (), callbacks: Sequence[Callback] = (),
+                 batch_size: int = DataConfig.model_fields["batch_size"].default,
+                 eval_batch_size: int = DataConfig.model_fields["eval_batch_size"].default,
+                 generator: torch.Generator | None = None):
+        self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         self.loss_fn = loss_fn or default_loss(data.task)
         self.penalties = list(penalties)
         self.callbacks = list(callbacks)
@@ -71,8 +81,8 @@ class Trainer:
             self.loss = total.detach()
             self._fire("after_backward")
             self.optimizer.step()
-            if self.lr is not None:
-                self.lr.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             loss_sum += loss.detach() * len(y)
             if self.data.task == "classification":
                 correct += (out.detach().argmax(1) == y).sum()
@@ -90,8 +100,8 @@ class Trainer:
         metrics["time_s"] = self.elapsed_s
         self.metrics = metrics
         self.history.append(metrics)
-        if self.lr is not None:
-            self.lr.epoch_end(metrics)
+        if self.scheduler is not None:
+            self.scheduler.epoch_end(metrics)
         self._fire("on_epoch_end")
 
     @torch.no_grad()
@@ -146,7 +156,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "lr": self.lr.state_dict() if self.lr is not None else {},
+            "lr": self.scheduler.state_dict() if self.scheduler is not None else {},
             "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks().items()},
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -167,8 +177,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.lr is not None:
-            self.lr.load_state_dict(state["lr"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["lr"])
         stateful = self._stateful_callbacks()
         if set(stateful) != set(state["callbacks"]):
             raise ValueError(f"The checkpoint holds state for callbacks {sorted(state['callbacks'])}; this trainer "
@@ -235,17 +245,17 @@ def seeds_for(seed: int) -> dict[str, int]:
     return dict(zip(streams, (int(s) for s in np.random.SeedSequence(seed).generate_state(len(streams)))))
 
 
-def build_trainer(config: Any, callbacks: Sequence[Callback] = (), *, model: nn.Module | None = None,
+def build_trainer(config: RunConfig, callbacks: Sequence[Callback] = (), *, model: nn.Module | None = None,
                   data: Data | None = None) -> Trainer:
-    """Data, model, optimizer, schedule, penalties and callbacks from a config (a RunConfig, dict or YAML path).
+    """Data, model, optimizer, schedule, penalties and callbacks from a validated config (``load_config``).
 
     ``model`` replaces the config's model with any ``nn.Module``; ``data`` replaces loading the config's data.
     """
     from trainlab.callbacks import EarlyStopping, GradClip, GradientNoise, NonFiniteGuard, WeightNoise
-    from trainlab.config import load_config
+    from trainlab.config import require_config
     from trainlab.data import load_data
 
-    config = load_config(config)
+    require_config(config, "build_trainer")
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -265,7 +275,7 @@ def build_trainer(config: Any, callbacks: Sequence[Callback] = (), *, model: nn.
     model = model.to(device)
     optimizer = config.optimizer.build(model)
     steps_per_epoch = data.steps_per_epoch(config.data.batch_size)
-    lr = config.schedule.build(optimizer, config.epochs * steps_per_epoch, steps_per_epoch)
+    scheduler = config.schedule.build(optimizer, config.epochs * steps_per_epoch, steps_per_epoch)
     penalties = [r.attach(model) for r in config.regularizers]
     noise = torch.Generator().manual_seed(seeds["noise"])
     standard: list[Callback] = []
@@ -278,8 +288,8 @@ def build_trainer(config: Any, callbacks: Sequence[Callback] = (), *, model: nn.
     # The guard comes first so a diverged run is reported as such, not as an early stop on a NaN metric.
     standard.append(NonFiniteGuard())
     if config.early_stopping is not None:
-        standard.append(EarlyStopping(**config.early_stopping.model_dump()))
-    return Trainer(model, data, optimizer, lr=lr, loss_fn=default_loss(data.task, config.label_smoothing),
+        standard.append(EarlyStopping(config.early_stopping))
+    return Trainer(model, data, optimizer, scheduler=scheduler, loss_fn=default_loss(data.task, config.label_smoothing),
                    penalties=penalties, callbacks=[*standard, *callbacks], epochs=config.epochs,
                    batch_size=config.data.batch_size, eval_batch_size=config.data.eval_batch_size,
                    generator=torch.Generator().manual_seed(seeds["data"]))
