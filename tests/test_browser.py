@@ -16,8 +16,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from trainlab.figures import bars_figure, curves_figure, save_figure
-from trainlab.report import write_report
-from trainlab.studies.base import ClaimOutcome, FigureRef, StudyOutcome, Table
+from trainlab.report import ClaimOutcome, FigureRef, StudyOutcome, Table, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "

@@ -90,7 +90,9 @@ def test_schedule_preview_and_plot(tmp_path):
     assert result.exit_code == 0, result.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # step -> lr rows: linear warmup to the peak at step 10, then cosine over the remaining 90 steps.
-    rows = {int(a): float(b) for a, b in (line.split() for line in result.output.splitlines()[1:] if line.strip())}
+    lines = result.output.splitlines()
+    assert lines[-1] == f"plot: {plot}"
+    rows = {int(a): float(b) for a, b in (line.split() for line in lines[1:-1])}
     cosine = lambda step: 0.1 * 0.5 * (1 + math.cos(math.pi * (step - 10) / 90))  # noqa: E731
     assert rows.keys() == {0, 10, 25, 50, 75, 99}
     assert rows[0] == pytest.approx(0.01) and rows[10] == pytest.approx(0.1)

@@ -27,7 +27,7 @@ from trainlab.diagnostics import (
     find_problems,
     probe_forward,
 )
-from trainlab.diagnostics_figures import plot_activation_histograms, record_figures
+from trainlab.diagnostics.figures import plot_activation_histograms, record_figures
 from trainlab.trainer import Trainer
 
 
@@ -402,7 +402,7 @@ def test_report_renders_a_table_and_an_escaped_self_contained_page(tmp_path):
     assert "src='http" not in page
     # Readable at laptop width: the page scales to the screen and the wide findings table scrolls in its own box.
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
-    assert "<div class='scroll'><table>" in page and ".scroll{overflow-x:auto}" in page
+    assert '<div class="scroll"><table class="text">' in page and ".scroll{overflow-x:auto}" in page
     empty = DiagnosisReport([], report.record)
     console = Console(record=True, width=120)
     empty.render(console)
@@ -419,7 +419,7 @@ def test_probe_histogram_figure_has_one_panel_per_layer():
 def test_diagnose_takes_arrays_and_rejects_other_data():
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     report = diagnose(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)), (x, x[:, :1] * 2), steps=12,
-                      batch_size=8)
+                      batch_size=8, val_fraction=0.2)
     assert report.record.meta["task"] == "regression" and len(report.record.losses) == 12
     with pytest.raises(TypeError, match="'data' argument"):
         diagnose(nn.Linear(3, 1), [x, x])
@@ -483,5 +483,137 @@ def test_diagnose_rejects_a_regression_output_that_would_broadcast_against_the_t
         diagnose(Squeezed(), (x, x[:, 0] * 2), steps=4, batch_size=8)
     # With its own loss the user decides what the shapes mean.
     report = diagnose(Squeezed(), (x, x[:, 0] * 2), lambda out, y: ((out - y[:, 0]) ** 2).mean(), steps=4,
-                      batch_size=8)
+                      batch_size=8, val_fraction=0.2)
     assert len(report.record.losses) == 4  # one epoch: 32 training samples, 8 per batch
+
+
+# --- the report's repr, notebook HTML and page shell ----------------------------------------------------------------
+
+def _report_with_findings() -> DiagnosisReport:
+    r = _record(2.3 - 0.0003 * np.arange(200), scales=[1.0, 500.0])
+    findings = find_problems(r) + [Finding("saturation", "net.1", 7, "warning",
+                                           "most outputs sit at a bound. Second sentence\nwith a line break", "fix")]
+    return DiagnosisReport(findings, r)
+
+
+def test_repr_is_one_line_per_finding_and_never_the_arrays():
+    report = _report_with_findings()
+    lines = repr(report).splitlines()
+    assert len(report.findings) == 3 and len(lines) == 1 + 3
+    assert lines[0] == "3 finding(s) in 200 steps (trainlab doctor):"
+    assert lines[1].split()[:2] == ["error", "unscaled_inputs"]
+    assert lines[3] == "  warning saturation at net.1, step 7: most outputs sit at a bound."
+    assert "[" not in repr(report) and "array(" not in repr(report)
+    assert "Second sentence" not in repr(report)
+    empty = DiagnosisReport([], report.record)
+    assert repr(empty) == "No problems found in 200 steps (trainlab doctor)."
+
+
+def test_repr_html_is_the_escaped_findings_table_without_figures():
+    report = _report_with_findings()
+    report.findings.append(Finding("divergence", "<b>x</b>", 3, "error", "<script>alert(1)</script>", "lower lr"))
+    fragment = report._repr_html_()
+    assert "<script>" not in fragment and "&lt;script&gt;alert(1)&lt;/script&gt;" in fragment
+    assert "&lt;b&gt;x&lt;/b&gt;" in fragment
+    assert fragment.count("<tr>") == 1 + 4  # the header and one row per finding
+    assert "data:image" not in fragment and "<html" not in fragment and "<style" not in fragment
+    assert "3 finding(s)" not in fragment and "4 finding(s) in 200 steps" in fragment
+
+
+def test_the_doctor_page_and_the_study_pages_share_one_page_shell(tmp_path):
+    from trainlab import html
+    from trainlab.report import StudyOutcome, index_page, study_page
+
+    doctor_page = _report_with_findings().to_html()
+    outcome = StudyOutcome("demo", "Demo", "Which?", "quick", [0], [], [], [])
+    for page in (doctor_page, study_page(outcome, tmp_path), index_page([outcome])):
+        assert page.startswith("<!DOCTYPE html>") and page.count(html.CSS) == 1
+    assert doctor_page.count("data:image/png;base64,") == 1  # only the loss: the record sampled no step
+
+
+# --- defaults, step counting and structure --------------------------------------------------------------------------
+
+def test_diagnose_batches_and_splits_with_the_data_config_defaults():
+    import inspect
+
+    from trainlab.data import DataConfig
+
+    parameters = inspect.signature(diagnose).parameters
+    for name in ("batch_size", "val_fraction"):
+        assert parameters[name].default == DataConfig.model_fields[name].default
+
+
+def test_doctor_takes_a_run_config_counts_steps_from_the_config_and_loads_the_data_once(monkeypatch, tiny):
+    import trainlab.data
+    from trainlab.config import load_config
+    from trainlab.diagnostics import doctor
+
+    loads = []
+    real = trainlab.data.load_data
+    monkeypatch.setattr(trainlab.data, "load_data", lambda cfg: loads.append(cfg) or real(cfg))
+    config = load_config(tiny)
+    per_epoch = trainlab.data.steps_per_epoch(config.data)
+    report = doctor(config, steps=2 * per_epoch + 1)
+    assert len(loads) == 1  # by the trainer; the steps were counted from the dataset's size
+    assert len(report.record.losses) == 3 * per_epoch and report.record.meta["every"] == max(1, 3 * per_epoch // 50)
+    with pytest.raises(TypeError, match="must be a RunConfig"):
+        doctor(tiny)
+
+
+def test_functional_activations_are_the_registered_ones_with_their_modules():
+    from trainlab.activations import ACTIVATIONS
+    from trainlab.diagnostics import FUNCTIONAL_ACTIVATIONS, probed_modules
+
+    assert {name for name, _ in FUNCTIONAL_ACTIVATIONS.values()} == set(ACTIVATIONS)
+    assert all(cls is ACTIVATIONS.get(name).torch_module for name, cls in FUNCTIONAL_ACTIVATIONS.values())
+    # ReLU6 is not a registered activation: a model that uses it is probed at its Linear layers.
+    assert F.relu6 not in FUNCTIONAL_ACTIVATIONS
+    assert probed_modules(nn.Sequential(nn.Linear(2, 3), nn.ReLU6(), nn.Linear(3, 1)))[0] == "layers"
+
+
+def _imports(path, package: str) -> set[str]:
+    """Every trainlab module a source file imports, at any depth, except under ``if TYPE_CHECKING:``."""
+    import ast
+
+    found: set[str] = set()
+
+    def visit(node):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m.split(".")[0] == "trainlab"}
+
+
+def test_the_diagnostics_package_has_no_import_cycle():
+    from pathlib import Path
+
+    import trainlab
+
+    root = Path(trainlab.__file__).parent
+    files = {".".join(("trainlab", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
+             for p in root.rglob("*.py")}
+    graph = {m: _imports(p, m if p.name == "__init__.py" else m.rpartition(".")[0]) & set(files)
+             for m, p in files.items()}
+
+    def reaches(start, goal, seen):
+        for nxt in graph[start]:
+            if nxt == goal or (nxt not in seen and not seen.add(nxt) and reaches(nxt, goal, seen)):
+                return True
+        return False
+
+    mine = [m for m in graph if m.startswith("trainlab.diagnostics") or m in ("trainlab.html", "trainlab.report")]
+    assert {"trainlab.diagnostics.probes", "trainlab.diagnostics.figures", "trainlab.html"} <= set(mine)
+    assert [m for m in mine if reaches(m, m, set())] == []
+    assert "trainlab.diagnostics.doctor" not in graph["trainlab.diagnostics.figures"]

@@ -71,14 +71,14 @@ def _describe(report) -> str:
 @pytest.mark.parametrize("name", list(SICK))
 def test_top_finding_names_the_planted_problem(name):
     config, steps, expected = SICK[name]
-    report = doctor(config, steps=steps)
+    report = doctor(load_config(config), steps=steps)
     assert report.top is not None and report.top.code == expected, _describe(report)
 
 
 @pytest.mark.parametrize("name", list(HEALTHY))
 def test_healthy_configs_have_no_warnings(name):
     config, steps = HEALTHY[name]
-    report = doctor(config, steps=steps)
+    report = doctor(load_config(config), steps=steps)
     assert all(f.severity == "info" for f in report.findings), _describe(report)
 
 

@@ -10,8 +10,18 @@ import pytest
 from scipy import stats as sps
 
 from trainlab.figures import bars_figure, curves_figure, mean_band, stack_ragged
-from trainlab.report import index_page, load_outcomes, render_report, save_outcome, study_page, write_report
-from trainlab.studies.base import ClaimOutcome, FigureRef, StudyOutcome, Table
+from trainlab.report import (
+    ClaimOutcome,
+    FigureRef,
+    StudyOutcome,
+    Table,
+    index_page,
+    load_outcomes,
+    render_report,
+    save_outcome,
+    study_page,
+    write_report,
+)
 
 EVIL = '<script>alert("x")</script>&'
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,6 +176,16 @@ def plot_schedules(schedules: Mapping[str, Schedule], total_steps: int, steps_pe
     if fig is not None:
         fig.tight_layout()
     return fig if fig is not None else ax.figure
+
+
+def panel_grid(n: int, width: float = 3.0, height: float = 2.4) -> tuple[Any, np.ndarray]:
+    """A figure with ``n`` panels of ``width`` x ``height`` inches, four to a row; returns ``(fig, axes)``."""
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat[:n]
 
 
 def png_base64(fig: Any) -> str:

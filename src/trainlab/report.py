@@ -2,18 +2,15 @@
 
 A study directory holds ``outcomes/<study>.json`` (what ``StudyOutcome.to_dict`` wrote), the figures as PNG files, and
 the rendered pages: ``index.html`` (every claim with its verdict) and ``<study>.html`` (one page per study). Pages embed
-their images as base64 PNG and carry their CSS inline, so one file opens from disk anywhere; every string that comes
-from a study or a user goes through ``html.escape``. ``render_report(out_dir)`` rebuilds every page from the stored
-outcomes alone, so re-rendering never retrains.
+their images as base64 PNG and carry their CSS inline (the page shell of ``trainlab.html``), so one file opens from
+disk anywhere; every string that comes from a study or a user is escaped. ``render_report(out_dir)`` rebuilds every
+page from the stored outcomes alone, so re-rendering never retrains.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from trainlab.checkpoints import atomic_write_text
+from trainlab.html import Markup, badge, esc, fmt, image_file, page, table
 
 OUTCOMES_DIR = "outcomes"
 VERDICT_COLORS = {"supported": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#7d6608"}
+MUTED_COLOR = "#57606a"
 
 
 @dataclass
@@ -89,7 +88,6 @@ class StudyOutcome:
         return cls(**raw)
 
 
-
 def save_outcome(outcome: StudyOutcome, out_dir: Path) -> Path:
     """Store an outcome as JSON under ``out_dir/outcomes``; figure paths are kept relative to ``out_dir``."""
     path = Path(out_dir) / OUTCOMES_DIR / f"{outcome.name}.json"
@@ -115,73 +113,15 @@ def _json_default(value: Any) -> Any:
 
 
 # -------------------------------------------------------------------------------------------------------------- HTML
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328;background:#fff;
-line-height:1.5}
-main{max-width:980px;margin:0 auto;padding:1.2rem 1.4rem 3rem}
-h1{font-size:1.6rem;margin:.4rem 0}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
-a{color:#0969da}.muted{color:#57606a;font-size:.9rem}
-.badge{display:inline-block;padding:.05rem .55rem;border-radius:1rem;color:#fff;font-size:.8rem;font-weight:600;
-text-transform:uppercase;letter-spacing:.03em;white-space:nowrap}
-.claim{border:1px solid #d0d7de;border-radius:6px;padding:.7rem .9rem;margin:.7rem 0}
-.claim p{margin:.3rem 0}.evidence{white-space:pre-line}
-.numbers{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem;color:#57606a;overflow-wrap:anywhere}
-figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
-figcaption{color:#57606a;font-size:.9rem}
-.table-wrap{overflow-x:auto}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
-th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:right}th{background:#f6f8fa}
-td:first-child,th:first-child{text-align:left}.claims td,.claims th{text-align:left;vertical-align:top}
-nav{font-size:.9rem}
-"""
+
+def _verdict_badge(verdict: str) -> Markup:
+    return badge(verdict, VERDICT_COLORS.get(verdict, MUTED_COLOR))
 
 
-def esc(value: Any) -> str:
-    """Any value as escaped HTML text (quotes included, so it is safe in attributes too)."""
-    return html.escape(str(value), quote=True)
-
-
-def fmt(value: Any) -> str:
-    """Numbers with 4 significant digits; other values as text."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if math.isnan(v) or math.isinf(v):
-            return str(v)
-        return f"{v:.4g}"
-    return str(value)
-
-
-def badge(verdict: str) -> str:
-    color = VERDICT_COLORS.get(verdict, "#57606a")
-    return f'<span class="badge" style="background:{color}">{esc(verdict)}</span>'
-
-
-def _page(title: str, body: str) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{body}</main></body></html>\n")
-
-
-def _image(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{esc(path.stem)}" src="data:image/png;base64,{data}">'
-
-
-def _table(title: str, header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
-    caption = f"<h3>{esc(title)}</h3>" if title else ""
-    return f'{caption}<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
-def _claim_block(claim: Any) -> str:
+def _claim_block(claim: ClaimOutcome) -> str:
     numbers = ", ".join(f"{esc(k)} = {esc(fmt(v))}" for k, v in claim.numbers.items())
-    return (f'<div class="claim" id="{esc(claim.key)}"><p>{badge(claim.verdict)} <strong>{esc(claim.text)}</strong></p>'
-            f'<p class="evidence">{esc(claim.evidence)}</p>'
+    return (f'<div class="claim" id="{esc(claim.key)}"><p>{_verdict_badge(claim.verdict)} '
+            f'<strong>{esc(claim.text)}</strong></p><p class="evidence">{esc(claim.evidence)}</p>'
             + (f'<p class="numbers">{numbers}</p>' if numbers else "") + "</div>")
 
 
@@ -189,36 +129,34 @@ def study_page(outcome: StudyOutcome, out_dir: Path) -> str:
     """The HTML of one study's page."""
     meta = (f"{esc(outcome.mode)} budget &middot; seeds {esc(', '.join(map(str, outcome.seeds)))} &middot; "
             f"{esc(fmt(outcome.runtime_s))} s")
-    parts = [f'<nav><a href="index.html">&larr; all studies</a></nav><h1>{esc(outcome.title)}</h1>',
-             f'<p class="muted">{meta}</p><p>{esc(outcome.question)}</p>', "<h2>Claims</h2>"]
+    parts = [f'<p class="muted">{meta}</p><p>{esc(outcome.question)}</p>', "<h2>Claims</h2>"]
     parts += [_claim_block(c) for c in outcome.claims]
     if outcome.figures:
         parts.append("<h2>Figures</h2>")
         for fig in outcome.figures:
-            parts.append(f"<figure>{_image(Path(out_dir) / fig.path)}<figcaption>{esc(fig.caption)}</figcaption>"
-                         "</figure>")
+            parts.append(f"<figure>{image_file(Path(out_dir) / fig.path)}<figcaption>{esc(fig.caption)}"
+                         "</figcaption></figure>")
     if outcome.tables:
         parts.append("<h2>Results</h2>")
-        parts += [_table(t.title, t.header, t.rows) for t in outcome.tables]
-    return _page(f"trainlab study: {outcome.title}", "".join(parts))
+        parts += [table(t.header, t.rows, title=t.title) for t in outcome.tables]
+    return page(f"trainlab study: {outcome.title}", "".join(parts), heading=outcome.title,
+                nav=[("index.html", Markup("&larr; all studies"))])
 
 
 def index_page(outcomes: Sequence[StudyOutcome]) -> str:
     """The HTML of the index: every claim of every study with its verdict, linking to it on its study page."""
     counts = {v: sum(c.verdict == v for o in outcomes for c in o.claims) for v in VERDICT_COLORS}
-    summary = " &middot; ".join(f"{badge(v)} {n}" for v, n in counts.items())
-    parts = ["<h1>trainlab studies</h1>",
-             "<p>Each claim of the notes, put to the test over several seeds: the verdict comes from the measured "
+    summary = " &middot; ".join(f"{_verdict_badge(v)} {n}" for v, n in counts.items())
+    parts = ["<p>Each claim of the notes, put to the test over several seeds: the verdict comes from the measured "
              "numbers (mean, 95% interval, a significance test and a minimum effect).</p>", f"<p>{summary}</p>"]
     for o in outcomes:
-        page = f"{o.name}.html"
-        parts.append(f'<h2><a href="{esc(page)}">{esc(o.title)}</a></h2><p class="muted">{esc(o.question)} '
+        link = f"{o.name}.html"
+        parts.append(f'<h2><a href="{esc(link)}">{esc(o.title)}</a></h2><p class="muted">{esc(o.question)} '
                      f"({esc(o.mode)}, {len(o.seeds)} seeds)</p>")
-        rows = "".join(f'<tr><td>{badge(c.verdict)}</td><td><a href="{esc(page)}#{esc(c.key)}">{esc(c.text)}</a>'
-                       "</td></tr>" for c in o.claims)
-        parts.append('<div class="table-wrap"><table class="claims"><thead><tr><th>verdict</th><th>claim</th></tr>'
-                     f"</thead><tbody>{rows}</tbody></table></div>")
-    return _page("trainlab studies", "".join(parts))
+        rows = [[_verdict_badge(c.verdict), Markup(f'<a href="{esc(link)}#{esc(c.key)}">{esc(c.text)}</a>')]
+                for c in o.claims]
+        parts.append(table(["verdict", "claim"], rows, cls="text"))
+    return page("trainlab studies", "".join(parts))
 
 
 def write_report(outcomes: Sequence[StudyOutcome], out_dir: Path) -> Path:

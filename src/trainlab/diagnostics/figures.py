@@ -1,12 +1,9 @@
-"""Figures of a diagnostics record (matplotlib, Agg): histograms per layer, histograms over time, gradient norms,
-update-to-weight ratios and the loss curve. Every function returns a matplotlib Figure; ``png_base64`` embeds one.
+"""Figures of a diagnostics record: histograms per layer, histograms over time, gradient norms, update-to-weight
+ratios and the loss curve. Every function returns a matplotlib Figure (``trainlab.figures.png_base64`` embeds one).
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,19 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 
-from trainlab.diagnostics import DiagnosticsRecord, LayerStats  # noqa: E402
+from trainlab.diagnostics.probes import LayerStats  # noqa: E402
+from trainlab.diagnostics.record import DiagnosticsRecord  # noqa: E402
+from trainlab.figures import panel_grid  # noqa: E402
 
 # Updates of about 1e-3 of the weight norm per step are the usual healthy range (Karpathy, CS231n notes).
 HEALTHY_UPDATE_RATIO = 1e-3
-
-
-def _grid(n: int, width: float = 3.0, height: float = 2.4) -> tuple[Any, np.ndarray]:
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, axes.flat[:n]
 
 
 def plot_activation_histograms(snapshots: Mapping[str, Mapping[str, LayerStats]], *,
@@ -42,7 +32,7 @@ def plot_activation_histograms(snapshots: Mapping[str, Mapping[str, LayerStats]]
     layers: list[str] = []
     for stats in snapshots.values():
         layers += [name for name in stats if name not in layers]
-    fig, axes = _grid(len(layers))
+    fig, axes = panel_grid(len(layers))
     for ax, name in zip(axes, layers):
         for label, stats in snapshots.items():
             if name not in stats:
@@ -84,7 +74,7 @@ def plot_histogram_over_time(record: DiagnosticsRecord, bins: int = 60) -> Any:
     """
     if not len(record.steps):
         raise ValueError("The record has no sampled steps to plot.")
-    fig, axes = _grid(len(record.layers), width=3.4)
+    fig, axes = panel_grid(len(record.layers), width=3.4)
     for j, (ax, name) in enumerate(zip(axes, record.layers)):
         ranges = record.hist_ranges[:, j]
         finite = ranges[np.isfinite(ranges).all(axis=1)]
@@ -170,11 +160,3 @@ def record_figures(record: DiagnosticsRecord) -> dict[str, Any]:
         figures["Gradient norms"] = plot_grad_norms(record)
         figures["Update ratios"] = plot_update_ratios(record)
     return figures
-
-
-def png_base64(fig: Any) -> str:
-    """The figure as a base64 PNG string (the figure is closed)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
