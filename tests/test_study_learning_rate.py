@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 
+import trainlab.runs
 import trainlab.studies.learning_rate as study
 from trainlab.lr_range import LRRangeResult
 from trainlab.runs import RunResult
-from trainlab.studies import STUDIES, run_studies
+from trainlab.studies import STUDIES, make_context, run_studies
 from trainlab.studies.learning_rate import (EXPLODE, best_lr, claim_range_test, claim_too_high, claim_too_low,
                                             diverged)
 
@@ -59,18 +60,24 @@ def test_claims_follow_synthetic_numbers():
 
 
 @pytest.mark.slow
-def test_study_runs_end_to_end_on_the_smoke_budget_and_a_second_run_computes_nothing(tmp_path, monkeypatch):
-    (outcome,) = run_studies(["learning_rate"], mode="smoke", out=tmp_path, progress=False)
-    assert len(outcome.claims) == len(STUDIES["learning_rate"].claims) == 3
-    assert {c.verdict for c in outcome.claims} == {"inconclusive"}  # two seeds decide nothing
+def test_on_three_seeds_lr_10_diverges_and_a_second_run_computes_nothing(tmp_path, monkeypatch):
+    (outcome,) = run_studies(["learning_rate"], mode="smoke", seeds=3, out=tmp_path, progress=False)
+    claims = {c.key: c for c in outcome.claims}
+    assert len(claims) == len(STUDIES["learning_rate"].claims) == 3
+    # Plain SGD at lr 10 blows up on every seed.
+    assert claims["too_high"].verdict == "supported"
+    assert claims["too_high"].numbers["mean"] == 1.0
     assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
-    assert outcome.runs_trained == 2 * 3 + 2  # the sweep, and one run of each seed's suggestion
+    assert outcome.runs_trained == 3 * 3 + 3  # the sweep, and one run of each seed's suggestion
 
-    def no_range_test(*args, **kwargs):
-        raise AssertionError("the range test ran again")
+    def nothing_new(*args, **kwargs):
+        raise AssertionError("computed again")
 
-    monkeypatch.setattr(study, "lr_range_test", no_range_test)
-    (again,) = run_studies(["learning_rate"], mode="smoke", out=tmp_path, progress=False)
-    assert (again.runs_trained, again.runs_cached) == (0, 8)
-    assert [c.evidence for c in again.claims] == [c.evidence for c in outcome.claims]
+    monkeypatch.setattr(study, "lr_range_test", nothing_new)
+    monkeypatch.setattr(trainlab.runs, "train", nothing_new)
+    lr = STUDIES["learning_rate"]
+    ctx = make_context(lr, mode="smoke", seeds=3, out=tmp_path)
+    results = lr.measure(ctx)
+    assert (ctx.runs_trained, ctx.runs_cached) == (0, 12)
+    assert [c.evaluate(results) for c in lr.claims] == outcome.claims

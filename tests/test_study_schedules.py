@@ -5,9 +5,9 @@ import pytest
 
 import trainlab.runs
 from trainlab.schedules import SCHEDULES, preview
-from trainlab.studies import STUDIES, run_studies
+from trainlab.studies import STUDIES, make_context, run_studies
 from trainlab.studies.schedules import (NO_WARMUP, SCHEDULE_NAMES, SPIKE_CAP, WARMUP, best_lr, claim_cosine,
-                                        claim_decay, claim_warmup, schedule_specs, start_instability, steps_to_target)
+                                        claim_decay, claim_warmup, schedule_specs, start_instability)
 
 
 def test_the_study_covers_every_registered_schedule():
@@ -46,14 +46,6 @@ def test_start_instability_is_peak_and_mean_change_relative_to_the_first_loss():
         start_instability([float("inf"), 2.0], window=2)
 
 
-def test_steps_to_target_is_the_step_count_of_the_first_epoch_at_the_target():
-    history = [{"step": 10, "val_acc": 0.3}, {"step": 20, "val_acc": float("nan")}, {"step": 30, "val_acc": 0.61},
-               {"step": 40, "val_acc": 0.5}]
-    assert steps_to_target(history, "val_acc", 0.6) == 30
-    assert steps_to_target(history, "val_acc", 0.3) == 10
-    assert steps_to_target(history, "val_acc", 0.7) is None
-
-
 def test_best_lr_maximizes_mean_validation_accuracy_and_breaks_ties_to_the_smaller():
     assert best_lr({0.1: [0.5, 0.6], 0.3: [0.6, 0.61]}) == 0.3
     assert best_lr({0.3: [0.5], 0.1: [0.5]}) == 0.1
@@ -85,14 +77,25 @@ def test_warmup_claim_needs_a_lower_peak_and_a_better_end():
 
 
 @pytest.mark.slow
-def test_the_study_runs_end_to_end_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
-    (outcome,) = run_studies(["schedules"], mode="smoke", out=tmp_path, progress=False)
-    assert [c.key for c in outcome.claims] == [c.key for c in STUDIES["schedules"].claims]
-    assert {c.verdict for c in outcome.claims} == {"inconclusive"}  # the smoke budget has two seeds
-    assert len(outcome.figures) == 4 and all((tmp_path / f.path).is_file() for f in outcome.figures)
-    assert outcome.tables and all(t.rows for t in outcome.tables)
+def test_on_three_seeds_warmup_removes_the_spike_at_the_start_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
+    study = STUDIES["schedules"]
+    ctx = make_context(study, mode="smoke", seeds=3, out=tmp_path)
+    results = study.measure(ctx)
+    # Adam at 30x its default lr: without warmup the first steps' loss jumps to over twice the first loss.
+    spike = claim_warmup(results).parts["no spike"]
+    assert spike.verdict == "supported"
+    assert spike.numbers[f"{NO_WARMUP} mean"] > 2 > spike.numbers[f"{WARMUP} mean"]
+    # The stability runs last the budget's stability_epochs, not the grid's epochs.
+    budget, per_epoch = study.smoke, results["steps_per_epoch"]
+    for run in [*results["stability"][NO_WARMUP], *results["stability"][WARMUP]]:
+        assert run.final["epochs_run"] == budget.stability_epochs != budget.epochs
+        assert len(run.extras["step_loss"]) == budget.stability_epochs * per_epoch
+    assert results["warmup_steps"] == budget.warmup_epochs * per_epoch
+
     calls = []
     monkeypatch.setattr(trainlab.runs, "train", lambda *a, **k: calls.append(a))
-    (again,) = run_studies(["schedules"], mode="smoke", out=tmp_path, progress=False)
-    assert calls == [] and again.runs_trained == 0 and again.runs_cached == outcome.runs_trained
-    assert [c.evidence for c in again.claims] == [c.evidence for c in outcome.claims]
+    (outcome,) = run_studies(["schedules"], mode="smoke", seeds=3, out=tmp_path, progress=False)
+    assert calls == [] and outcome.runs_trained == 0 and outcome.runs_cached == ctx.runs_trained
+    assert outcome.claims == [c.evaluate(results) for c in study.claims]
+    assert len(outcome.figures) == 4 and all((tmp_path / f.path).is_file() for f in outcome.figures)
+    assert outcome.tables and all(t.rows for t in outcome.tables)

@@ -1,7 +1,8 @@
 """Studies: every claim of the notes put to the test, and the runner that writes the report.
 
-Each module of this package (besides ``base``) defines one ``Study`` subclass and registers it with
-``@register_study``; importing the package imports them all, so a new study needs only its own module.
+Each module of this package (besides ``base`` and ``measures``, the measures studies share) defines one ``Study``
+subclass and registers it with ``@register_study``; importing the package imports them all, so a new study needs
+only its own module.
 ``run_studies`` runs some or all of them and writes the HTML report; ``ablate`` toggles each technique of a user's
 config in turn and reports what each does.
 """
@@ -14,13 +15,13 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from trainlab.config import RunConfig, load_config
 from trainlab.registry import ConfigError, suggest
-from trainlab.studies.base import (MODES, Budget, Claim, ClaimOutcome, ClaimResult, FigureRef, Mode, Study,
+from trainlab.studies.base import (MODES, B, Budget, Claim, ClaimOutcome, ClaimResult, FigureRef, Mode, Study,
                                    StudyContext, StudyOutcome, Table, compare_result, finals, params_hash,
                                    series)
 from trainlab.runs import Store
@@ -29,10 +30,11 @@ __all__ = ["STUDIES", "Budget", "Claim", "ClaimOutcome", "ClaimResult", "FigureR
            "StudyOutcome", "Table", "ablate", "finals", "make_context", "params_hash", "register_study", "run_study",
            "run_studies", "series", "toggles"]
 
-STUDIES: dict[str, Study] = {}
+STUDIES: dict[str, Study[Any]] = {}
+S = TypeVar("S", bound=type[Study[Any]])
 
 
-def register_study(cls: type[Study]) -> type[Study]:
+def register_study(cls: S) -> S:
     """Class decorator: add one instance of the study to ``STUDIES`` under ``cls.name``."""
     if cls.name in STUDIES:
         raise ValueError(f"The study name {cls.name!r} is already registered to {type(STUDIES[cls.name]).__name__}.")
@@ -46,14 +48,14 @@ def register_study(cls: type[Study]) -> type[Study]:
 
 def _discover() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
+        if info.name not in ("base", "measures"):
             importlib.import_module(f"{__name__}.{info.name}")
     ordered = sorted(STUDIES.values(), key=lambda s: (s.order, s.name))
     STUDIES.clear()
     STUDIES.update((s.name, s) for s in ordered)
 
 
-def select(names: str | Sequence[str]) -> list[Study]:
+def select(names: str | Sequence[str]) -> list[Study[Any]]:
     """Studies by name, or every study for ``"all"``; an unknown name raises ``ConfigError``."""
     if isinstance(names, str):
         names = list(STUDIES) if names == "all" else [names]
@@ -66,11 +68,16 @@ def select(names: str | Sequence[str]) -> list[Study]:
     return out
 
 
-def make_context(study: Study, *, mode: Mode = "quick", seeds: int | Sequence[int] | None = None,
+def make_context(study: Study[B], *, mode: Mode = "quick", seeds: int | Sequence[int] | None = None,
                  data: str | Mapping[str, Any] | None = None, out: str | Path = "studies",
-                 progress: Any = None) -> StudyContext:
-    """The context ``study`` runs in: the budget of ``mode``; ``seeds`` a count (0..n-1), a list, or the budget's."""
-    budget = study.budget(mode)
+                 progress: Any = None, budget: B | None = None) -> StudyContext[B]:
+    """The context ``study`` runs in: the budget of ``mode`` (or ``budget``, one of the study's budget type, e.g. a
+    ``dataclasses.replace`` of it); ``seeds`` a count (0..n-1), a list, or the budget's."""
+    if budget is None:
+        budget = study.budget(mode)
+    elif not isinstance(budget, type(study.budget(mode))):
+        raise TypeError(f"The 'budget' of study {study.name!r} must be a {type(study.budget(mode)).__name__}. "
+                        f"Got {type(budget).__name__} instead.")
     if seeds is None:
         seed_list = list(range(budget.seeds))
     elif isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -86,7 +93,7 @@ def make_context(study: Study, *, mode: Mode = "quick", seeds: int | Sequence[in
     return StudyContext(study.name, mode, budget, seed_list, out, Store(out / "runs" / study.name), data, progress)
 
 
-def run_study(study: Study, ctx: StudyContext) -> StudyOutcome:
+def run_study(study: Study[B], ctx: StudyContext[B]) -> StudyOutcome:
     """Run one study and store its outcome (JSON) in ``ctx.out``; the pages are written by ``run_studies``."""
     from trainlab.report import save_outcome
 
@@ -186,14 +193,31 @@ def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3
     with _progress(progress) as bars:
         ctx.progress = bars
         runs = ctx.train_arms(base, {"baseline": {}, **variants})
-    first = runs["baseline"][0]
-    metric = "val_acc" if "val_acc" in first.final else "val_loss"
+    metric = "val_acc" if "val_acc" in runs["baseline"][0].final else "val_loss"
+    baseline = finals(runs.pop("baseline"), metric)
+    claims, deltas, rows = _ranked(runs, baseline, metric)
+    fig = bars_figure({label: deltas[label] for label, *_ in rows}, title=f"change of {metric} against the baseline",
+                      ylabel=f"{metric} (variant - baseline)")
+    figures = [ctx.figure(fig, "deltas", f"Paired change of {metric} per toggled technique: mean and 95% CI over "
+                                         f"{seeds} seeds.")]
+    table = Table(f"Baseline {metric}: {np.mean(baseline):.4g}",
+                  ["variant", metric, "change", "95% CI of change", "verdict"], rows)
+    outcome = StudyOutcome("ablation", "Ablation: which technique helps this model",
+                           "What does toggling each technique of this config do to its validation metric?",
+                           "quick", ctx.seeds, claims, figures, [table], runtime_s=time.perf_counter() - start,
+                           runs_trained=ctx.runs_trained, runs_cached=ctx.runs_cached)
+    save_outcome(outcome, ctx.out)
+    write_report([outcome], ctx.out)
+    return outcome
+
+
+def _ranked(runs: Mapping[str, Sequence[Any]], baseline: list[float], metric: str
+            ) -> tuple[list[ClaimOutcome], dict[str, list[float]], list[list[Any]]]:
+    """Per variant: the claim that it improves ``metric`` over the baseline (paired by seed), its paired changes and
+    its table row; the most helpful variant first."""
     better: Literal["greater", "less"] = "greater" if metric == "val_acc" else "less"
-    baseline = finals(runs["baseline"], metric)
     claims, deltas, rows = [], {}, []
     for label, arm_runs in runs.items():
-        if label == "baseline":
-            continue
         values = finals(arm_runs, metric)
         result = compare_result(values, baseline, better, metric, (label, "baseline"))
         key = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
@@ -205,20 +229,7 @@ def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3
                      result.verdict])
     sign = 1 if better == "greater" else -1
     order = sorted(range(len(rows)), key=lambda i: -sign * rows[i][2])
-    claims = [claims[i] for i in order]
-    rows = [rows[i] for i in order]
-    fig = bars_figure({label: deltas[label] for label, *_ in rows}, title=f"change of {metric} against the baseline",
-                      ylabel=f"{metric} (variant - baseline)")
-    figures = [ctx.figure(fig, "deltas", f"Paired change of {metric} per toggled technique: mean and 95% CI over "
-                                         f"{seeds} seeds.")]
-    table = Table(f"Baseline {metric}: {np.mean(baseline):.4g}", ["variant", metric, "change", "95% CI of change", "verdict"], rows)
-    outcome = StudyOutcome("ablation", "Ablation: which technique helps this model",
-                           "What does toggling each technique of this config do to its validation metric?",
-                           "quick", ctx.seeds, claims, figures, [table], runtime_s=time.perf_counter() - start,
-                           runs_trained=ctx.runs_trained, runs_cached=ctx.runs_cached)
-    save_outcome(outcome, ctx.out)
-    write_report([outcome], ctx.out)
-    return outcome
+    return [claims[i] for i in order], deltas, [rows[i] for i in order]
 
 
 @contextmanager

@@ -4,8 +4,9 @@ Main part: a deep MLP (``depth`` hidden layers of ``width`` units) on MNIST-1D, 
 relu, leaky_relu, elu, gelu, selu), each with the initialization ``auto`` picks for it (Xavier for sigmoid/tanh,
 He for the ReLU family, LeCun for SELU), so every activation starts from its recommended scale and the comparison
 is about the function, not a mismatched init. SGD with momentum, the same lr for all. The ``Diagnostics`` callback
-samples every ``every`` steps: the gradient RMS (norm / sqrt(size)) of every weight matrix and the loss of every
-step. At the end a probe on the validation set measures each layer's mean activation and its dead units.
+samples every ``every`` steps the gradient RMS (norm / sqrt(size)) of every weight matrix; ``measures.StepLoss``
+keeps the loss of every step. At the end a probe on the validation set measures each layer's mean activation and its
+dead units.
 
 Dead-unit part: ReLUs die when large updates push a unit's pre-activation below 0 for every input; then its output
 and its gradient are 0 and it never recovers. At the main learning rate few die, so relu, leaky_relu and elu are
@@ -20,9 +21,10 @@ Definitions fixed before measuring:
   sigmoid or tanh unit dies when saturated for every sample.
 - *gradient ratio*: gradient RMS of the first weight matrix over that of the last (the output layer), as log10;
   "much smaller" means by at least ``MUCH_SMALLER_DECADES`` orders of magnitude.
-- *converges faster*: fewer steps until the moving average of the step loss falls to ``target_fraction`` of the
-  chance-level loss ln(classes) (the loss of a uniform guess; one absolute target for every activation, since
-  their first losses differ); a run that never gets there counts as a full run.
+- *converges faster*: fewer steps until the moving average of the step loss (``measures.smoothed_loss``) falls to
+  ``target_fraction`` of the chance-level loss ln(classes) (the loss of a uniform guess; one absolute target for
+  every activation, since their first losses differ); a run that never gets there counts as one step more than a
+  full run (``measures.steps_to_target``).
 - *costs more*: a micro-benchmark of one forward and backward pass on a tensor of ``bench_sizes[0]`` float32 values
   (1 MiB: the data stay in cache, so the arithmetic, exp included, is what is timed), fastest of ``bench_reps``
   repeats, activations interleaved, one trial per seed; ``bench_sizes[1]`` (16 MiB) is measured too and shown:
@@ -50,7 +52,7 @@ from trainlab.figures import bars_figure, curves_figure, grouped_bars_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)
-from trainlab.studies.optimizers import smoothed
+from trainlab.studies.measures import StepLoss, mean_finite, reached, smoothed_loss, steps_to_target
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "selu")
 DEAD_ARMS = ("relu", "leaky_relu", "elu")
@@ -110,7 +112,7 @@ def dead_fraction(model: nn.Module, x: torch.Tensor, eps: float = SLOPE_EPS) -> 
 class ActivationRecorder(Callback):
     """Turns a ``Diagnostics`` record into ``extras`` (so cached runs keep it) and probes the trained network.
 
-    ``extras``: ``step_loss`` (every step), ``grad_steps`` and ``grad_rms`` (sampled steps x weight matrices),
+    ``extras``: ``grad_steps`` and ``grad_rms`` (sampled steps x weight matrices),
     ``mean_end`` and ``dead_end`` (per layer, validation set), ``chance_loss`` (ln(classes); for regression the
     first step's loss).
     """
@@ -123,7 +125,6 @@ class ActivationRecorder(Callback):
         weights = record.weight_params
         sizes = [math.prod(record.param_shapes[record.params.index(w)]) for w in weights]
         rms = np.stack([record.param(w, "grad_norm") / math.sqrt(n) for w, n in zip(weights, sizes)], axis=1)
-        trainer.extras["step_loss"] = record.losses.tolist()
         trainer.extras["grad_steps"] = record.steps.tolist()
         trainer.extras["grad_rms"] = rms.tolist()
         classes = trainer.data.num_classes
@@ -139,9 +140,10 @@ class ActivationRecorder(Callback):
 
 
 def recorders(every: int) -> list[Callback]:
-    """A ``Diagnostics`` callback sampling every ``every`` steps and the recorder that stores what it saw."""
+    """A ``Diagnostics`` callback sampling every ``every`` steps, the recorder that stores what it saw, and the
+    step losses."""
     diagnostics = Diagnostics(every=every)
-    return [diagnostics, ActivationRecorder(diagnostics)]
+    return [diagnostics, ActivationRecorder(diagnostics), StepLoss()]
 
 
 def benchmark(activations: tuple[str, ...], size: int, reps: int, seed: int) -> dict[str, float]:
@@ -167,12 +169,6 @@ def benchmark(activations: tuple[str, ...], size: int, reps: int, seed: int) -> 
         return {name: min(t[1:]) for name, t in times.items()}
     finally:
         torch.set_num_threads(threads)
-
-
-def steps_to_loss(losses: list[float], target: float, total: int) -> int:
-    """First step (1-based) at which the moving average of the step losses is at most ``target``; else ``total``."""
-    hit = np.flatnonzero(smoothed(losses) <= target)
-    return int(hit[0]) + 1 if hit.size else total
 
 
 def log_ratio(rms: np.ndarray) -> np.ndarray:
@@ -250,7 +246,7 @@ CLAIMS = (
 
 
 @register_study
-class Activations(Study):
+class Activations(Study[ActivationBudget]):
     name = "activations"
     title = "Activation functions"
     question = ("How do sigmoid, tanh, ReLU, leaky ReLU, ELU, GELU and SELU change how fast a deep network trains, "
@@ -266,8 +262,8 @@ class Activations(Study):
         return {"model": {"name": "mlp", "depth": b.depth, "width": b.width},
                 "optimizer": {"name": "momentum", "lr": b.lr, "momentum": 0.9}, "threads": 1}
 
-    def measure(self, ctx: StudyContext) -> dict[str, Any]:
-        b: ActivationBudget = ctx.budget  # type: ignore[assignment]
+    def measure(self, ctx: StudyContext[ActivationBudget]) -> dict[str, Any]:
+        b = ctx.budget
         factory = lambda arm, seed: recorders(b.every)  # noqa: E731
         base = self.base_config(b)
         runs = ctx.train_arms(base, {a: {"model.activation": a} for a in ACTIVATIONS}, callbacks_factory=factory)
@@ -286,19 +282,21 @@ class Activations(Study):
 
                 bench.append(ctx.cached("benchmark", params, compute))
                 advance()
-        # A run stopped early (diverged) is shorter: a miss counts as the length of a complete run.
+        # A run stopped early (diverged) is shorter; the longest run has the length of a complete one.
         total = max(len(run.extras["step_loss"]) for rs in runs.values() for run in rs)
-        steps = {a: [steps_to_loss(run.extras["step_loss"], b.target_fraction * run.extras["chance_loss"], total)
-                     for run in rs] for a, rs in runs.items()}
+        steps = {a: [steps_to_target(smoothed_loss(run.extras["step_loss"]),
+                                     b.target_fraction * run.extras["chance_loss"], total) for run in rs]
+                 for a, rs in runs.items()}
         return {"runs": runs, "dead_runs": dict(zip(DEAD_ARMS, dead_runs.values())), "bench": bench,
                 "steps": steps, "total_steps": total}
 
-    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
-        b: ActivationBudget = ctx.budget  # type: ignore[assignment]
+    def present(self, results: dict[str, Any], ctx: StudyContext[ActivationBudget]
+                ) -> tuple[list[FigureRef], list[Table]]:
+        b = ctx.budget
         runs, dead_runs, bench = results["runs"], results["dead_runs"], results["bench"]
         figures = []
         fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        curves_figure({a: [smoothed(r.extras["step_loss"]) for r in rs] for a, rs in runs.items()},
+        curves_figure({a: [smoothed_loss(r.extras["step_loss"]) for r in rs] for a, rs in runs.items()},
                       title="training loss per step (moving average)", xlabel="step", ylabel="loss", ax=axes[0])
         target = b.target_fraction * runs["relu"][0].extras["chance_loss"]
         axes[0].axhline(target, color="black", lw=0.8, ls="--")
@@ -333,31 +331,32 @@ class Activations(Study):
         figures.append(ctx.figure(_bench_figure(bench, b.bench_sizes), "cost",
                                   "Time of one forward + backward pass, relative to ReLU, on one thread: mean and "
                                   "95% CI over trials (each the fastest of its repeats)."))
-        rows = []
-        for a, rs in runs.items():
-            steps = results["steps"][a]
-            rows.append([a, Auto().resolve(ACTIVATION_REGISTRY.create(a)).name, float(np.mean(steps)),
-                         sum(s >= results["total_steps"] for s in steps), _mean(finals(rs, "train_loss")),
-                         _mean(finals(rs, "val_acc")), _mean(_start_ratio(rs)), _mean(_training_ratio(rs)),
-                         _mean([np.mean(r.extras["mean_end"]) for r in rs]), _mean(_dead(rs)),
-                         _mean([1e3 * r.final["time_s"] / max(r.final["steps"], 1) for r in rs]),
-                         _mean([t[a][0] / t["relu"][0] for t in bench]),
-                         _mean([t[a][-1] / t["relu"][-1] for t in bench])])
-        main = Table(f"Momentum SGD (lr {b.lr:g}), {b.epochs} epochs, means over seeds; target loss "
-                     f"{b.target_fraction:g} x ln(classes)",
-                     ["activation", "init", "steps to target", "runs not reaching it", "final train loss", "val acc",
-                      "log10 grad ratio (start)", "log10 grad ratio (training)", "mean activation", "dead units",
-                      "ms per step", "cost vs relu (cache)", "cost vs relu (memory)"], rows)
-        dead_rows = [[a, _mean(_dead(rs)), float(np.max(_dead(rs))), _mean(finals(rs, "train_loss")),
-                      _mean(finals(rs, "val_acc"))] for a, rs in dead_runs.items()]
-        dead = Table(f"Adam at lr {b.dead_lr:g}: dead units (means over seeds)",
-                     ["activation", "dead units", "worst seed", "final train loss", "val acc"], dead_rows)
-        return figures, [main, dead]
+        return figures, _tables(results, b)
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+def _tables(results: dict[str, Any], b: ActivationBudget) -> list[Table]:
+    runs, dead_runs, bench = results["runs"], results["dead_runs"], results["bench"]
+    rows = []
+    for a, rs in runs.items():
+        steps = results["steps"][a]
+        rows.append([a, Auto().resolve(ACTIVATION_REGISTRY.create(a)).name, mean_finite(steps),
+                     sum(not reached(s, results["total_steps"]) for s in steps),
+                     *(mean_finite(finals(rs, key)) for key in ("train_loss", "val_acc")),
+                     mean_finite(_start_ratio(rs)), mean_finite(_training_ratio(rs)),
+                     mean_finite([np.mean(r.extras["mean_end"]) for r in rs]), mean_finite(_dead(rs)),
+                     mean_finite([1e3 * r.final["time_s"] / max(r.final["steps"], 1) for r in rs]),
+                     mean_finite([t[a][0] / t["relu"][0] for t in bench]),
+                     mean_finite([t[a][-1] / t["relu"][-1] for t in bench])])
+    main = Table(f"Momentum SGD (lr {b.lr:g}), {b.epochs} epochs, means over seeds; target loss "
+                 f"{b.target_fraction:g} x ln(classes)",
+                 ["activation", "init", "steps to target", "runs not reaching it", "final train loss", "val acc",
+                  "log10 grad ratio (start)", "log10 grad ratio (training)", "mean activation", "dead units",
+                  "ms per step", "cost vs relu (cache)", "cost vs relu (memory)"], rows)
+    dead_rows = [[a, mean_finite(_dead(rs)), float(np.max(_dead(rs))),
+                  *(mean_finite(finals(rs, key)) for key in ("train_loss", "val_acc"))] for a, rs in dead_runs.items()]
+    dead = Table(f"Adam at lr {b.dead_lr:g}: dead units (means over seeds)",
+                 ["activation", "dead units", "worst seed", "final train loss", "val acc"], dead_rows)
+    return [main, dead]
 
 
 def _bench_figure(bench: list[dict[str, Any]], sizes: tuple[int, ...]) -> Any:

@@ -1,6 +1,7 @@
 """The study abstraction: a question, its budgets, the runs it measures, and claims turned into verdicts.
 
-A study subclasses ``Study`` and implements two methods:
+A study subclasses ``Study[ItsBudget]`` (generic over its budget type, so ``ctx.budget`` has the study's own fields)
+and implements two methods:
 
 - ``measure(ctx) -> results``: trains its arms through ``ctx.train_arms`` (every run cached in the store by the hash
   of its resolved config) and computes whatever else it needs through ``ctx.cached`` (forward-only experiments,
@@ -9,7 +10,8 @@ A study subclasses ``Study`` and implements two methods:
 
 Its ``claims`` are sentences from the notes, each with a test ``results -> ClaimResult`` built on ``trainlab.stats``,
 so every verdict (supported, refuted, inconclusive) comes from the measured numbers. ``Study.run`` joins the three
-into a ``StudyOutcome``, which ``report.py`` renders and stores as JSON.
+into a ``StudyOutcome``, which ``report.py`` renders and stores as JSON. The measures several studies share (train-set
+evaluation, step losses, steps to a target, the generalization gap, ...) live in ``measures.py``, one definition each.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
 from trainlab.callbacks import Callback
 from trainlab.checkpoints import atomic_write, atomic_write_text
-from trainlab.config import load_config
+from trainlab.config import RunConfig, load_config
 from trainlab.report import ClaimOutcome, FigureRef, StudyOutcome, Table
 from trainlab.runs import RunResult, Store
 from trainlab.stats import Evidence, Verdict
@@ -52,13 +54,18 @@ class Budget:
     train_size: int | None = None
 
 
+B = TypeVar("B", bound=Budget)
+
+
 @dataclass(frozen=True)
 class ClaimResult:
-    """What a claim's test found: the verdict, one sentence of evidence, and the numbers behind it."""
+    """What a claim's test found: the verdict, one sentence of evidence, and the numbers behind it; a claim made of
+    several parts (``joint``) keeps each part's result in ``parts``."""
 
     verdict: Verdict
     evidence: str
     numbers: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, ClaimResult] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,9 @@ def params_hash(params: Any) -> str:
 
 
 @dataclass
-class StudyContext:
-    """What a study runs with: budget, seeds, data override, output folder, run store and progress display.
+class StudyContext(Generic[B]):
+    """What a study runs with: budget (of the study's own budget type ``B``), seeds, data override, output folder,
+    run store and progress display.
 
     ``data`` replaces the base config's dataset in ``train_arms``: a dataset name (``"digits"``) or a mapping of
     ``data`` fields (``{"dataset": {"name": "mnist1d", "num_samples": 2000}, "train_size": 500}``).
@@ -98,7 +106,7 @@ class StudyContext:
 
     study: str
     mode: Mode
-    budget: Budget
+    budget: B
     seeds: list[int]
     out: Path
     store: Store
@@ -106,10 +114,6 @@ class StudyContext:
     progress: Any = None
     runs_trained: int = 0
     runs_cached: int = 0
-
-    @property
-    def quick(self) -> bool:
-        return self.mode != "full"
 
     def figure(self, fig: Any, name: str, caption: str) -> FigureRef:
         """Save a matplotlib figure as ``figures/<study>/<name>.png`` (closing it) and reference it."""
@@ -142,25 +146,31 @@ class StudyContext:
         finally:
             self.progress.remove_task(task_id)
 
+    def run_config(self, base: Mapping[str, Any], overrides: Mapping[str, Any], seed: int,
+                   use_data_override: bool = True) -> RunConfig:
+        """The validated config of one run: ``base`` with the budget's epochs and train size, the data override
+        (unless ``use_data_override`` is false), then ``overrides`` (which win over both) and ``seed``."""
+        budget = {"epochs": self.budget.epochs, "data.train_size": self.budget.train_size}
+        data = self.data_overrides() if use_data_override else {}
+        return load_config(dict(base), {**budget, **data, **dict(overrides), "seed": seed})
+
     def train_arms(self, base: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
                    seeds: Sequence[int] | None = None,
                    callbacks_factory: Callable[[str, int], Sequence[Callback]] | None = None,
                    use_data_override: bool = True) -> dict[str, list[RunResult]]:
         """Train every arm (dotted overrides on ``base``) once per seed; ``{arm: [RunResult per seed]}``.
 
-        The run's ``seed`` is the seed; the budget's epochs and train size replace the base's, and an arm's
-        overrides win over both. A run whose resolved config is already in the store is loaded, not trained, so
-        what callbacks record must go to ``trainer.extras`` (stored with the run) to survive the cache.
+        Each run's config is ``run_config(base, overrides, seed)``, validated once and handed to the store as it is.
+        A run whose resolved config is already in the store is loaded, not trained, so what callbacks record must go
+        to ``trainer.extras`` (stored with the run) to survive the cache.
         """
         seeds = list(self.seeds if seeds is None else seeds)
-        budget = {"epochs": self.budget.epochs, "data.train_size": self.budget.train_size}
-        data = self.data_overrides() if use_data_override else {}
         results: dict[str, list[RunResult]] = {}
         for arm, overrides in arms.items():
             results[arm] = []
             with self.task(f"{self.study} · {arm}", len(seeds)) as advance:
                 for seed in seeds:
-                    config = load_config(dict(base), {**budget, **data, **dict(overrides), "seed": seed})
+                    config = self.run_config(base, overrides, seed, use_data_override)
                     cached = self.store.has(config)
                     callbacks = list(callbacks_factory(arm, seed)) if callbacks_factory else []
                     results[arm].append(self.store.run(config, callbacks=callbacks))
@@ -203,32 +213,37 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"A cached study result must hold numpy arrays or JSON values. Got {type(value).__name__}.")
 
 
-class Study(ABC):
-    """A question from the notes, answered by runs; subclasses set the class attributes and two methods."""
+class Study(ABC, Generic[B]):
+    """A question from the notes, answered by runs; subclasses set the class attributes and two methods.
+
+    ``B`` is the study's budget type: ``class BatchNorm(Study[BatchNormBudget])`` has budgets of that type, and its
+    ``measure(ctx: StudyContext[BatchNormBudget])`` reads the extra fields from ``ctx.budget`` as they are.
+    """
 
     name: ClassVar[str]
     title: ClassVar[str]
     question: ClassVar[str]
     order: ClassVar[int] = 100  # position in the report (the issue's study number)
-    smoke: ClassVar[Budget]  # the tests' end-to-end budget: seconds, seeds may be < 3
-    quick: ClassVar[Budget]  # >= 3 seeds
-    full: ClassVar[Budget]  # >= 5 seeds
+    # The three budgets are set on the class (a ClassVar cannot hold the type variable B).
+    smoke: B  # the tests' end-to-end budget: seconds, seeds may be < 3
+    quick: B  # >= 3 seeds
+    full: B  # >= 5 seeds
     claims: ClassVar[tuple[Claim, ...]] = ()
 
-    def budget(self, mode: Mode) -> Budget:
+    def budget(self, mode: Mode) -> B:
         if mode not in MODES:
             raise ValueError(f"The 'mode' of a study must be one of {', '.join(MODES)}. Got {mode!r} instead.")
-        return getattr(self, mode)
+        return {"smoke": self.smoke, "quick": self.quick, "full": self.full}[mode]
 
     @abstractmethod
-    def measure(self, ctx: StudyContext) -> Any:
+    def measure(self, ctx: StudyContext[B]) -> Any:
         """Train and compute what the claims and figures need; everything expensive goes through ``ctx``."""
 
     @abstractmethod
-    def present(self, results: Any, ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+    def present(self, results: Any, ctx: StudyContext[B]) -> tuple[list[FigureRef], list[Table]]:
         """The figures (saved with ``ctx.figure``) and result tables of the study page."""
 
-    def run(self, ctx: StudyContext) -> StudyOutcome:
+    def run(self, ctx: StudyContext[B]) -> StudyOutcome:
         start = time.perf_counter()
         results = self.measure(ctx)
         claims = [c.evaluate(results) for c in self.claims]
@@ -275,4 +290,4 @@ def joint(parts: Mapping[str, ClaimResult]) -> ClaimResult:
                         "supported" if all(v == "supported" for v in verdicts) else "inconclusive")
     evidence = "\n".join(f"{name} ({p.verdict}): {p.evidence}" for name, p in parts.items())
     numbers = {f"{name}: {k}": v for name, p in parts.items() for k, v in p.numbers.items()}
-    return ClaimResult(verdict, evidence, numbers)
+    return ClaimResult(verdict, evidence, numbers, dict(parts))

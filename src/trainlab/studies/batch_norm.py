@@ -20,9 +20,9 @@ to the scale):
   scale's: what a wrong guess of the scale costs. (Not the standard deviation over scales: a plain network that
   learns nothing at every scale but one sits at chance, a floor, and so has a small standard deviation although
   its result depends entirely on the scale; the standard deviations are reported alongside.)
-- regularization: the generalization gap, training accuracy (eval mode, after training) minus test accuracy, at
-  the reference. At a fixed budget a network that fits its training set faster also widens this gap, so the
-  table gives the training and test accuracies behind it at every learning rate.
+- regularization: the generalization gap (``measures.generalization_gap``: training accuracy, eval mode, after
+  training, minus test accuracy) at the reference. At a fixed budget a network that fits its training set faster
+  also widens this gap, so the table gives the training and test accuracies behind it at every learning rate.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from trainlab.callbacks import Callback
 from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series)
+from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, train_metric
 from trainlab.runs import RunResult
 
 BASE_LR = 0.01  # the learning rate of the init-scale sweep and of the reference
@@ -65,13 +65,6 @@ def init_scales(n: int) -> list[float]:
     return [float(f"{s:.4g}") for s in np.logspace(0, -4, n)]
 
 
-class TrainEval(Callback):
-    """Stores the loss and accuracy on the whole training set after training, in eval mode, in ``extras``."""
-
-    def on_fit_end(self, trainer: Any) -> None:
-        trainer.extras["train_eval"] = trainer.evaluate("train")
-
-
 def value_at_epoch(run: RunResult, key: str, epoch: int, fallback: float) -> float:
     """``key`` of the history after ``epoch`` (1-based) epochs; ``fallback`` if the run stopped before or it is
     not finite."""
@@ -82,12 +75,7 @@ def value_at_epoch(run: RunResult, key: str, epoch: int, fallback: float) -> flo
 
 def acc_at(run: RunResult, epoch: int) -> float:
     """Training accuracy after ``epoch`` epochs; a run that diverged before counts with the accuracy it ended with."""
-    return value_at_epoch(run, "train_acc", epoch, run.extras["train_eval"]["acc"])
-
-
-def gap(run: RunResult) -> float:
-    """Generalization gap: training accuracy (eval mode, after training) minus test accuracy."""
-    return float(run.extras["train_eval"]["acc"] - run.final["test_acc"])
+    return value_at_epoch(run, "train_acc", epoch, train_metric(run))
 
 
 def claim_speed(r: dict[str, Any]) -> ClaimResult:
@@ -144,7 +132,7 @@ CLAIMS = (
 
 
 @register_study
-class BatchNorm(Study):
+class BatchNorm(Study[BatchNormBudget]):
     name = "batch_norm"
     title = "Batch normalization"
     question = ("Does batch normalization make a deep network train faster, at larger learning rates and from any "
@@ -160,8 +148,8 @@ class BatchNorm(Study):
         return {"model": {"name": "mlp", "depth": budget.depth, "width": budget.width, "activation": "relu"},
                 "optimizer": {"name": "momentum", "lr": BASE_LR, "momentum": 0.9}, "threads": 1}
 
-    def measure(self, ctx: StudyContext) -> dict[str, Any]:
-        b: BatchNormBudget = ctx.budget  # type: ignore[assignment]
+    def measure(self, ctx: StudyContext[BatchNormBudget]) -> dict[str, Any]:
+        b = ctx.budget
         scales = init_scales(b.scales)
         lrs = sorted({*b.lrs, BASE_LR})
         k = max(1, b.epochs // 4)
@@ -180,13 +168,14 @@ class BatchNorm(Study):
             "acc_k": {v: per_seed(t, lambda run: acc_at(run, k)) for v, t in by_scale.items()},
             "test_acc_scales": {v: per_seed(t, lambda run: run.final["test_acc"]) for v, t in by_scale.items()},
             "ref_acc_k": {v: [acc_at(run, k) for run in by_lr[v][BASE_LR]] for v in VARIANTS},
-            "gap": {v: [gap(run) for run in by_lr[v][BASE_LR]] for v in VARIANTS},
+            "gap": {v: [generalization_gap(run) for run in by_lr[v][BASE_LR]] for v in VARIANTS},
             "test_acc_lr": {v: {lr: finals(rs, "test_acc") for lr, rs in t.items()} for v, t in by_lr.items()},
             "diverged_lr": {v: {lr: [bool(run.extras.get("diverged")) for run in rs] for lr, rs in t.items()}
                             for v, t in by_lr.items()},
         }
 
-    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+    def present(self, results: dict[str, Any], ctx: StudyContext[BatchNormBudget]
+                ) -> tuple[list[FigureRef], list[Table]]:
         scales, lrs, k = results["scales"], results["lrs"], results["k"]
         by_scale, by_lr = results["by_scale"], results["by_lr"]
         figures = [
@@ -224,12 +213,12 @@ class BatchNorm(Study):
                                               title=f"train - test accuracy (He init, lr {BASE_LR:g})",
                                               ylabel="accuracy gap"), "gap",
                                   "Generalization gap after training: mean and 95% CI over seeds."))
-        scale_rows = [[s, *(_mean(results["acc_k"][v][:, i]) for v in ("none", "bn")),
-                       *(_mean(results["test_acc_scales"][v][:, i]) for v in ("none", "bn")),
+        scale_rows = [[s, *(mean_finite(results["acc_k"][v][:, i]) for v in ("none", "bn")),
+                       *(mean_finite(results["test_acc_scales"][v][:, i]) for v in ("none", "bn")),
                        *(_diverged(by_scale[v][i]) for v in ("none", "bn"))] for i, s in enumerate(scales)]
-        lr_rows = [[lr, LABELS[v], _mean([acc_at(r, k) for r in rs]), _mean(finals(rs, "train_loss")),
-                    _mean([r.extras["train_eval"]["acc"] for r in rs]), _mean(finals(rs, "test_acc")),
-                    _mean([gap(r) for r in rs]), _diverged(rs)]
+        lr_rows = [[lr, LABELS[v], mean_finite([acc_at(r, k) for r in rs]), mean_finite(finals(rs, "train_loss")),
+                    mean_finite([train_metric(r) for r in rs]), mean_finite(finals(rs, "test_acc")),
+                    mean_finite([generalization_gap(r) for r in rs]), _diverged(rs)]
                    for lr in lrs for v, rs in ((v, by_lr[v][lr]) for v in VARIANTS)]
         return figures, [
             Table(f"Init scales (lr {BASE_LR:g}; means over seeds)",
@@ -239,11 +228,6 @@ class BatchNorm(Study):
                   ["lr", "network", f"train acc @{k}", "final train loss", "train acc (eval)", "test acc", "gap",
                    "diverged"], lr_rows),
         ]
-
-
-def _mean(values: Any) -> float:
-    finite = [float(v) for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _diverged(runs: list[RunResult]) -> str:

@@ -28,6 +28,7 @@ from trainlab.figures import curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)
+from trainlab.studies.measures import mean_finite
 
 INITS: dict[str, Any] = {
     "zeros": "zeros",
@@ -193,7 +194,7 @@ CLAIMS = (
 
 
 @register_study
-class InitActivations(Study):
+class InitActivations(Study[InitBudget]):
     name = "init_activations"
     title = "Weight initialization and activations"
     question = ("How does the weight initialization shape the activations of every layer of a deep network "
@@ -208,8 +209,8 @@ class InitActivations(Study):
         return {"model": {"name": "mlp", "depth": budget.train_depth, "width": budget.width, "activation": "relu"},
                 "optimizer": {"name": "momentum", "lr": 0.01}, "threads": 1}
 
-    def measure(self, ctx: StudyContext) -> dict[str, Any]:
-        b: InitBudget = ctx.budget  # type: ignore[assignment]
+    def measure(self, ctx: StudyContext[InitBudget]) -> dict[str, Any]:
+        b = ctx.budget
         forward: dict[str, dict[str, list[dict[str, Any]]]] = {}
         with ctx.task(f"{self.name} · forward", len(ACTIVATIONS) * len(INITS) * len(ctx.seeds)) as advance:
             for act in ACTIVATIONS:
@@ -227,7 +228,7 @@ class InitActivations(Study):
         runs = ctx.train_arms(self.base_config(b), arms, callbacks_factory=lambda arm, seed: [SymmetryProbe()])
         return {"forward": forward, "runs": runs}
 
-    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+    def present(self, results: dict[str, Any], ctx: StudyContext[InitBudget]) -> tuple[list[FigureRef], list[Table]]:
         forward, runs = results["forward"], results["runs"]
         figures = [ctx.figure(_histograms(forward, act), f"histograms_{act}",
                               f"Activation histograms per layer ({act}, seed {ctx.seeds[0]}): the textbook figure. "
@@ -247,26 +248,21 @@ class InitActivations(Study):
         for act in ACTIVATIONS:
             for init in INITS:
                 stats = forward[act][init]
-                rows.append([act, LABELS[init], _mean([s["std"][0] for s in stats]),
-                             _mean([s["std"][-1] for s in stats]), _mean([_ratio(s) for s in stats]),
-                             _mean([np.mean(s["saturated"]) for s in stats]),
-                             _mean([np.mean(s["dead"]) for s in stats])])
-        forward_table = Table(f"Forward pass: {ctx.budget.layers} layers of {ctx.budget.width} units "  # type: ignore
-                              "(means over seeds)",
+                rows.append([act, LABELS[init], mean_finite([s["std"][0] for s in stats]),
+                             mean_finite([s["std"][-1] for s in stats]), mean_finite([_ratio(s) for s in stats]),
+                             mean_finite([np.mean(s["saturated"]) for s in stats]),
+                             mean_finite([np.mean(s["dead"]) for s in stats])])
+        forward_table = Table(f"Forward pass: {ctx.budget.layers} layers of {ctx.budget.width} units (means over "
+                              "seeds)",
                               ["activation", "init", "first std", "last std", "last/first", "saturated", "dead"],
                               rows)
-        train_rows = [[LABELS[a], _mean(finals(rs, "val_loss")), _mean(finals(rs, "val_acc")),
-                       _mean(finals(rs, "test_acc")), _mean([r.final["epochs_run"] for r in rs]),
+        train_rows = [[LABELS[a], mean_finite(finals(rs, "val_loss")), mean_finite(finals(rs, "val_acc")),
+                       mean_finite(finals(rs, "test_acc")), mean_finite([r.final["epochs_run"] for r in rs]),
                        "; ".join(sorted({r.final["stopped_reason"] for r in rs if r.final["stopped_reason"]}))]
                       for a, rs in runs.items()]
         train_table = Table("Training (means over seeds)",
                             ["init", "val loss", "val acc", "test acc", "epochs run", "stopped"], train_rows)
         return figures, [forward_table, train_table]
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _histograms(forward: dict[str, Any], act: str) -> Any:

@@ -27,14 +27,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from trainlab.config import load_config
 from trainlab.lr_range import LRRangeResult, lr_range_test
 from trainlab.figures import mean_band, plot_lr_range
 from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, finals,
                                    threshold_result)
-from trainlab.studies.optimizers import StepRecorder, smoothed
+from trainlab.studies.measures import StepLoss, mean_finite, smoothed_loss
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 RANGE = (1e-6, 10.0)
@@ -108,7 +107,7 @@ CLAIMS = (
 
 
 @register_study
-class LearningRate(Study):
+class LearningRate(Study[LRBudget]):
     name = "learning_rate"
     title = "Learning rate"
     question = ("What happens when the learning rate is too low or too high, and does the LR range test find a "
@@ -123,17 +122,16 @@ class LearningRate(Study):
         return {"model": {"name": "mlp", "depth": 2, "width": 64}, "optimizer": {"name": "sgd", "lr": 0.1},
                 "threads": 1}
 
-    def measure(self, ctx: StudyContext) -> dict[str, Any]:
-        b: LRBudget = ctx.budget  # type: ignore[assignment]
+    def measure(self, ctx: StudyContext[LRBudget]) -> dict[str, Any]:
+        b = ctx.budget
         base = self.base_config()
-        recorder = lambda arm, seed: [StepRecorder()]  # noqa: E731
+        recorder = lambda arm, seed: [StepLoss()]  # noqa: E731
         runs = ctx.train_arms(base, {arm(lr): {"optimizer.lr": lr} for lr in b.lrs}, callbacks_factory=recorder)
         sweep = {lr: runs[arm(lr)] for lr in b.lrs}
         tests = []
         with ctx.task(f"{self.name} · range test", len(ctx.seeds)) as advance:
             for seed in ctx.seeds:
-                config = load_config(base, {"epochs": b.epochs, "data.train_size": b.train_size,
-                                            **ctx.data_overrides(), "seed": seed})
+                config = ctx.run_config(base, {}, seed)  # the sweep's config of this seed
                 params = {"config": config.model_dump(mode="json"), "range": RANGE, "steps": b.range_steps,
                           "version": RANGE_VERSION}
                 raw = ctx.cached("range_test", params,
@@ -146,7 +144,7 @@ class LearningRate(Study):
                      for seed, t in zip(ctx.seeds, tests)]
         return {"sweep": sweep, "range": tests, "suggested": suggested, "best_lr": best_lr(sweep)}
 
-    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+    def present(self, results: dict[str, Any], ctx: StudyContext[LRBudget]) -> tuple[list[FigureRef], list[Table]]:
         sweep, tests, suggested = results["sweep"], results["range"], results["suggested"]
         figures = []
         fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -167,8 +165,8 @@ class LearningRate(Study):
         rows = []
         for lr, runs in sweep.items():
             ok = [r for r in runs if not diverged(r)]
-            rows.append([lr, f"{len(runs) - len(ok)}/{len(runs)}", _mean(finals(ok, "train_loss")) if ok else "-",
-                         _mean(finals(runs, "val_acc")), _mean([_explosion(r) for r in runs])])
+            rows.append([lr, f"{len(runs) - len(ok)}/{len(runs)}", mean_finite(finals(ok, "train_loss")) if ok else "-",
+                         mean_finite(finals(runs, "val_acc")), mean_finite([_explosion(r) for r in runs])])
         table = Table("Sweep: plain SGD, means over seeds", ["lr", "diverged", "final train loss (not diverged)",
                                                              "val acc", "max / first step loss"], rows)
         best = finals(sweep[results["best_lr"]], "val_acc")
@@ -179,11 +177,6 @@ class LearningRate(Study):
                             ["seed", "min-loss lr", "steepest lr", "suggested lr", "ended", "val acc at suggested",
                              "val acc at best sweep lr"], range_rows)
         return figures, [table, range_table]
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _explosion(run: RunResult) -> float:
@@ -231,7 +224,7 @@ def _curves(sweep: dict[float, list[RunResult]]) -> Any:
     colors = plt.cm.viridis(np.linspace(0, 0.95, len(sweep)))
     first = []
     for color, (lr, runs) in zip(colors, sweep.items()):
-        curves = [smoothed([x if np.isfinite(x) else np.nan for x in r.extras["step_loss"]]) for r in runs]
+        curves = [smoothed_loss([x if np.isfinite(x) else np.nan for x in r.extras["step_loss"]]) for r in runs]
         width = max(len(c) for c in curves)
         stacked = np.full((len(curves), width), np.nan)
         for i, c in enumerate(curves):

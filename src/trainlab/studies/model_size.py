@@ -4,13 +4,14 @@ Every MLP of the grid (``depths`` x ``widths`` hidden layers of equal width, ReL
 learning rate, no regularization: capacity is the only thing that changes) is trained per seed twice: on a small
 training set (``small_size`` samples, stratified) and on the whole training split. Small-data runs get more epochs
 (``small_epochs``) so that both see a comparable number of optimizer steps; each run checkpoints only at its end.
-A callback records the parameter count and the accuracy on the whole training set in eval mode after the last
-epoch (the loop's own train accuracy is a running mean over an epoch of changing weights) in the run's extras.
+Callbacks record the parameter count and the accuracy on the whole training set in eval mode after the last
+epoch (``measures.TrainEval``; the loop's own train accuracy is a running mean over an epoch of changing weights) in
+the run's extras.
 
 Definitions the claims use, fixed before measuring:
 
-- *fit*: final train accuracy (eval mode, whole training set); *gap*: final train accuracy minus final validation
-  accuracy, the usual measure of overfitting;
+- *fit*: final train accuracy (eval mode, whole training set); *gap*: ``measures.generalization_gap``, final train
+  accuracy minus final test accuracy, the usual measure of overfitting;
 - *rises with size*: Spearman's rank correlation between parameter count and the quantity over the grid, one per
   seed, whose mean must be > 0 (95% t interval), so depth and width count only through the parameters they add;
 - *largest vs smallest*: the grid's models with the most and the fewest parameters, paired by seed; a difference
@@ -29,13 +30,13 @@ import numpy as np
 from scipy import stats as sps
 
 from trainlab.callbacks import Callback
-from trainlab.config import load_config
-from trainlab.data import load_data
+from trainlab.data import split_sizes
 from trainlab.models import count_parameters
 from trainlab.figures import mean_band, stack_ragged
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    joint, series, threshold_result)
+from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, train_metric
 
 SIZES = ("small", "full")
 SIZE_LABELS = {"small": "small data", "full": "full data"}
@@ -57,12 +58,11 @@ class SizeBudget(Budget):
     small_epochs: int = 100
 
 
-class SizeRecorder(Callback):
-    """Puts the parameter count and the final train loss/accuracy (eval mode, whole training set) in ``extras``."""
+class ParameterCount(Callback):
+    """Puts the model's parameter count in ``extras["parameters"]`` at fit end."""
 
     def on_fit_end(self, trainer: Any) -> None:
         trainer.extras["parameters"] = count_parameters(trainer.model)
-        trainer.extras["train_eval"] = trainer.evaluate("train")
 
 
 @dataclass
@@ -74,12 +74,10 @@ class SizeResults:
     train: dict[str, np.ndarray]  # final train accuracy (eval mode)
     val: dict[str, np.ndarray]  # final validation accuracy
     test: dict[str, np.ndarray]
+    gap: dict[str, np.ndarray]  # generalization gap: train accuracy - test accuracy
     small_size: int
     full_size: int
     runs: dict[str, dict[tuple[int, int], list[Any]]]  # data size -> model -> RunResult per seed
-
-    def gap(self, size: str) -> np.ndarray:
-        return self.train[size] - self.val[size]
 
     @property
     def smallest(self) -> int:
@@ -98,6 +96,12 @@ class SizeResults:
     def label(self, index: int) -> str:
         depth, width = self.models[index]
         return f"{depth}x{width} ({int(self.params[index]):,} params)"
+
+
+def small_train_size(requested: int, full: int) -> int:
+    """The small training set's size: ``requested``, but at most a quarter of the ``full`` training split, so that
+    "small" stays well below "full" whatever dataset the user picks."""
+    return min(requested, full // 4)
 
 
 def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -128,10 +132,10 @@ def claim_fit_more(r: SizeResults) -> ClaimResult:
 def claim_overfit_small(r: SizeResults) -> ClaimResult:
     big = r.big
     return joint({
-        "gap rises with size": threshold_result(per_seed_correlation(r.params, r.gap("small")), ">", 0.0,
-                                                "Spearman rho(parameters, train-val gap) on small data"),
-        "small vs full": compare_result(r.gap("small")[:, big].mean(axis=1), r.gap("full")[:, big].mean(axis=1),
-                                        "greater", f"mean train-val gap of the {len(big)} biggest models",
+        "gap rises with size": threshold_result(per_seed_correlation(r.params, r.gap["small"]), ">", 0.0,
+                                                "Spearman rho(parameters, train-test gap) on small data"),
+        "small vs full": compare_result(r.gap["small"][:, big].mean(axis=1), r.gap["full"][:, big].mean(axis=1),
+                                        "greater", f"mean train-test gap of the {len(big)} biggest models",
                                         ("small data", "full data"), min_effect=MIN_EFFECT),
     })
 
@@ -140,13 +144,13 @@ CLAIMS = (
     Claim("bigger_fit_more", "Bigger nets fit more: the more parameters, the higher the training accuracy.",
           claim_fit_more),
     Claim("bigger_overfit_small", "Bigger nets overfit small data: on a small training set the gap between "
-                                  "training and validation accuracy grows with the parameter count, and it is "
-                                  "larger than on the full training set.", claim_overfit_small),
+                                  "training and test accuracy grows with the parameter count, and it is larger "
+                                  "than on the full training set.", claim_overfit_small),
 )
 
 
 @register_study
-class ModelSize(Study):
+class ModelSize(Study[SizeBudget]):
     name = "model_size"
     title = "Model size"
     question = ("How do training and validation accuracy change with the depth and width of an MLP, on a small and "
@@ -158,18 +162,17 @@ class ModelSize(Study):
                       small_epochs=150)
     claims = CLAIMS
 
-    def measure(self, ctx: StudyContext) -> SizeResults:
-        b: SizeBudget = ctx.budget  # type: ignore[assignment]
-        full_size = self._full_size(ctx)
-        # "Small" must stay well below "full" whatever dataset the user picks.
-        small_size = min(b.small_size, full_size // 4)
+    def measure(self, ctx: StudyContext[SizeBudget]) -> SizeResults:
+        b = ctx.budget
+        full_size = split_sizes(ctx.run_config(BASE_CONFIG, {"data.train_size": None}, ctx.seeds[0]).data)["train"]
+        small_size = small_train_size(b.small_size, full_size)
         models = [(d, w) for d in b.depths for w in b.widths]
         setting = {"small": {"data.train_size": small_size, "epochs": b.small_epochs,
                              "checkpoint_every_epochs": b.small_epochs},
                    "full": {"data.train_size": None, "epochs": b.epochs, "checkpoint_every_epochs": b.epochs}}
         arms = {f"{size} {d}x{w}": {**setting[size], "model.depth": d, "model.width": w}
                 for size in SIZES for d, w in models}
-        runs = ctx.train_arms(BASE_CONFIG, arms, callbacks_factory=lambda arm, seed: [SizeRecorder()])
+        runs = ctx.train_arms(BASE_CONFIG, arms, callbacks_factory=lambda arm, seed: [ParameterCount(), TrainEval()])
         by_size = {size: {m: runs[f"{size} {m[0]}x{m[1]}"] for m in models} for size in SIZES}
 
         def matrix(size: str, value: Any) -> np.ndarray:
@@ -178,27 +181,22 @@ class ModelSize(Study):
         params = np.array([by_size["full"][m][0].extras["parameters"] for m in models], dtype=float)
         return SizeResults(
             models, params,
-            train={s: matrix(s, lambda run: run.extras["train_eval"]["acc"]) for s in SIZES},
+            train={s: matrix(s, train_metric) for s in SIZES},
             val={s: matrix(s, lambda run: run.final["val_acc"]) for s in SIZES},
             test={s: matrix(s, lambda run: run.final["test_acc"]) for s in SIZES},
+            gap={s: matrix(s, generalization_gap) for s in SIZES},
             small_size=small_size, full_size=full_size, runs=by_size)
 
-    def _full_size(self, ctx: StudyContext) -> int:
-        """Training samples in the whole training split of the study's data (cached: loading can take a second)."""
-        data = load_config(BASE_CONFIG, ctx.data_overrides()).data
-        return int(ctx.cached("train_split", {"data": data.model_dump(mode="json")},
-                              lambda: {"samples": len(load_data(data).y_train)})["samples"])
-
-    def present(self, results: SizeResults, ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+    def present(self, results: SizeResults, ctx: StudyContext[SizeBudget]) -> tuple[list[FigureRef], list[Table]]:
         r = results
         sizes = f"{r.small_size} vs {r.full_size} training samples"
         figures = [
             ctx.figure(_accuracy_figure(r), "accuracy_vs_parameters",
-                       f"Final train (solid) and validation (dashed) accuracy against parameter count, one line per "
-                       f"depth (width grows along it), and the train-validation gap ({sizes}); mean over seeds with "
+                       f"Final train (solid) and test (dashed) accuracy against parameter count, one line per "
+                       f"depth (width grows along it), and the train-test gap ({sizes}); mean over seeds with "
                        f"95% band."),
-            ctx.figure(_heatmaps(r), "heatmaps", "Validation accuracy and train-validation gap over depth x width, "
-                                                 "mean over seeds."),
+            ctx.figure(_heatmaps(r), "heatmaps", "Test accuracy and train-test gap over depth x width, mean over "
+                                                 "seeds."),
             ctx.figure(_curves_figure(r), "learning_curves",
                        "Accuracy per epoch of the smallest, a middle and the largest model: train accuracy (running "
                        "mean over each epoch, solid) and validation accuracy (dashed); mean over seeds, 95% band."),
@@ -206,15 +204,14 @@ class ModelSize(Study):
         rows = []
         for size in SIZES:
             for i, (depth, width) in enumerate(r.models):
-                rows.append([SIZE_LABELS[size], depth, width, int(r.params[i]), float(r.train[size][:, i].mean()),
-                             float(r.val[size][:, i].mean()), float(r.gap(size)[:, i].mean()),
-                             float(r.test[size][:, i].mean())])
-        rhos = {f"{what} {size}": per_seed_correlation(r.params, values(size))
-                for what, values in (("train acc", lambda s: r.train[s]), ("gap", r.gap)) for size in SIZES}
+                rows.append([SIZE_LABELS[size], depth, width, int(r.params[i]),
+                             *(mean_finite(m[size][:, i]) for m in (r.train, r.val, r.gap, r.test))])
+        rhos = {f"{what} {size}": per_seed_correlation(r.params, values[size])
+                for what, values in (("train acc", r.train), ("gap", r.gap)) for size in SIZES}
         seeds = list(ctx.seeds)
         return figures, [
             Table(f"Final accuracy per model (means over {len(seeds)} seeds; {sizes})",
-                  ["data", "depth", "width", "parameters", "train acc", "val acc", "train - val", "test acc"], rows),
+                  ["data", "depth", "width", "parameters", "train acc", "val acc", "train - test", "test acc"], rows),
             Table("Spearman rank correlation with the parameter count, per seed",
                   ["seed", *(f"rho(params, {k})" for k in rhos)],
                   [[seed, *(rhos[k][j] for k in rhos)] for j, seed in enumerate(seeds)]),
@@ -252,15 +249,15 @@ def _accuracy_figure(r: SizeResults) -> Any:
         for k, (depth, idx) in enumerate(groups.items()):
             color = colors[k % len(colors)]
             _band(ax, r.params[idx], r.train[size][:, idx], color, "o-", f"depth {depth}")
-            _band(ax, r.params[idx], r.val[size][:, idx], color, "s--", None)
+            _band(ax, r.params[idx], r.test[size][:, idx], color, "s--", None)
         n = r.small_size if size == "small" else r.full_size
         ax.set(title=f"{SIZE_LABELS[size]} ({n} training samples)", ylabel="accuracy", ylim=(0, 1.05))
-        _legend(ax, ("train", "validation"))
+        _legend(ax, ("train", "test"))
     for k, (depth, idx) in enumerate(groups.items()):
         color = colors[k % len(colors)]
-        _band(axes[2], r.params[idx], r.gap("small")[:, idx], color, "o-", f"depth {depth}")
-        _band(axes[2], r.params[idx], r.gap("full")[:, idx], color, "s--", None)
-    axes[2].set(title="train - validation accuracy", ylabel="gap")
+        _band(axes[2], r.params[idx], r.gap["small"][:, idx], color, "o-", f"depth {depth}")
+        _band(axes[2], r.params[idx], r.gap["full"][:, idx], color, "s--", None)
+    axes[2].set(title="train - test accuracy", ylabel="gap")
     _legend(axes[2], ("small data", "full data"))
     for ax in axes:
         ax.set_xscale("log")
@@ -274,12 +271,12 @@ def _heatmaps(r: SizeResults) -> Any:
     depths = sorted({d for d, _ in r.models})
     widths = sorted({w for _, w in r.models})
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for row, (what, get, cmap) in enumerate((("validation accuracy", lambda s: r.val[s], "viridis"),
-                                              ("train - val accuracy", r.gap, "magma"))):
+    for row, (what, values, cmap) in enumerate((("test accuracy", r.test, "viridis"),
+                                                 ("train - test accuracy", r.gap, "magma"))):
         for col, size in enumerate(SIZES):
             grid = np.full((len(depths), len(widths)), np.nan)
             for i, (d, w) in enumerate(r.models):
-                grid[depths.index(d), widths.index(w)] = get(size)[:, i].mean()
+                grid[depths.index(d), widths.index(w)] = values[size][:, i].mean()
             ax = axes[row, col]
             image = ax.imshow(grid, cmap=cmap, origin="lower", aspect="auto")
             fig.colorbar(image, ax=ax, shrink=0.85)

@@ -12,8 +12,9 @@ recording the loss of every step and each optimizer's per-parameter effective le
 
 The median over all parameter entries summarizes one epoch; "shrinking" compares the last epoch with the middle
 one, after RMSProp's uncorrected moving average has warmed up (~1 / (1 - alpha) = 100 steps). "Steps to target" is
-the first step at which the exponential moving average (0.9) of the step loss falls to ``target_fraction`` of the
-first step's loss; a run that never gets there (or diverged and was stopped) counts as one step more than a full run.
+``measures.steps_to_target`` of the smoothed step loss (``measures.smoothed_loss``) with the target
+``target_fraction`` x the first step's loss: a run that never gets there (or diverged and was stopped) counts as one
+step more than a full run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)
+from trainlab.studies.measures import StepLoss, mean_finite, reached, smoothed_loss, steps_to_target
 
 START = (-7.0, 2.0)
 # Learning rates of the 2-D paths: the textbook's (Saito, "Deep Learning from Scratch", fig. 6-8) for sgd,
@@ -57,7 +59,6 @@ TRAIN_SPECS: dict[str, dict[str, Any]] = {
     "adamw": {"name": "adamw", "lr": 0.001, "weight_decay": 0.01},
 }
 PATH_TARGET = 0.01  # f value a 2-D path must reach
-EMA = 0.9
 PATH_VERSION = 1
 
 
@@ -112,15 +113,12 @@ def path_2d(spec: dict[str, Any], steps: int) -> dict[str, np.ndarray]:
     return {"xy": path.numpy(), "f": bowl(path).numpy()}
 
 
-class StepRecorder(Callback):
-    """Stores in ``extras`` the loss of every step and the median effective learning rate at every epoch end."""
+class EffectiveLR(Callback):
+    """Stores in ``extras["effective_lr"]`` the median effective learning rate (``effective_lr``) at every epoch
+    end; empty for optimizers without one."""
 
     def on_fit_start(self, trainer: Any) -> None:
-        self.losses: list[float] = []
         self.rates: list[float] = []
-
-    def on_step_end(self, trainer: Any) -> None:
-        self.losses.append(float(trainer.loss))
 
     def on_epoch_end(self, trainer: Any) -> None:
         rates = effective_lr(trainer.optimizer)
@@ -128,25 +126,13 @@ class StepRecorder(Callback):
             self.rates.append(float(rates.median()))
 
     def on_fit_end(self, trainer: Any) -> None:
-        trainer.extras["step_loss"] = self.losses
         trainer.extras["effective_lr"] = self.rates
 
 
-def smoothed(losses: list[float]) -> np.ndarray:
-    """Exponential moving average of the step losses (debiased, so the first value is the first loss)."""
-    out, avg = [], 0.0
-    for t, loss in enumerate(losses, 1):
-        avg = EMA * avg + (1 - EMA) * loss
-        out.append(avg / (1 - EMA ** t))
-    return np.array(out)
-
-
-def steps_to_target(losses: list[float], fraction: float, total: int) -> int:
-    """First step (1-based) where the smoothed loss is at most ``fraction`` of the first loss; a miss counts as
-    ``total + 1`` (``total``: the number of steps of a full run)."""
-    ema = smoothed(losses)
-    hit = np.flatnonzero(np.isfinite(ema) & (ema <= fraction * losses[0]))
-    return int(hit[0]) + 1 if hit.size else total + 1
+def steps_to_fraction(losses: list[float], fraction: float, total: int) -> int:
+    """Steps until the smoothed loss falls to ``fraction`` of the first step's loss (``measures.steps_to_target``:
+    a miss counts as ``total + 1``, ``total`` the steps of a full run)."""
+    return steps_to_target(smoothed_loss(losses), fraction * losses[0], total)
 
 
 def _rate_ratio(run: Any) -> float:
@@ -190,7 +176,7 @@ CLAIMS = (
 
 
 @register_study
-class Optimizers(Study):
+class Optimizers(Study[OptimizerBudget]):
     name = "optimizers"
     title = "Optimizers"
     question = ("How do SGD, momentum, Nesterov, AdaGrad, RMSProp, Adam and AdamW move on an elongated bowl, and "
@@ -204,18 +190,19 @@ class Optimizers(Study):
     def base_config(self) -> dict[str, Any]:
         return {"model": {"name": "mlp", "depth": 2, "width": 100}, "threads": 1}
 
-    def measure(self, ctx: StudyContext) -> dict[str, Any]:
-        b: OptimizerBudget = ctx.budget  # type: ignore[assignment]
+    def measure(self, ctx: StudyContext[OptimizerBudget]) -> dict[str, Any]:
+        b = ctx.budget
         paths = {name: ctx.cached("path", {"spec": spec, "steps": b.path_steps, "version": PATH_VERSION},
                                   lambda spec=spec: path_2d(spec, b.path_steps))
                  for name, spec in PATH_SPECS.items()}
         grid = {name: {f"{name}@{spec['lr'] * f:.3g}": {**spec, "lr": float(f"{spec['lr'] * f:.3g}")}
                        for f in b.lr_factors} for name, spec in TRAIN_SPECS.items()}
         arms = {arm: {"optimizer": spec} for specs in grid.values() for arm, spec in specs.items()}
-        all_runs = ctx.train_arms(self.base_config(), arms, callbacks_factory=lambda arm, seed: [StepRecorder()])
+        all_runs = ctx.train_arms(self.base_config(), arms,
+                                  callbacks_factory=lambda arm, seed: [StepLoss(), EffectiveLR()])
         # A stopped (diverged) run is shorter than a full one; the longest run has the full length.
         total = max(len(run.extras["step_loss"]) for runs in all_runs.values() for run in runs)
-        all_steps = {arm: [steps_to_target(run.extras["step_loss"], b.target_fraction, total) for run in runs]
+        all_steps = {arm: [steps_to_fraction(run.extras["step_loss"], b.target_fraction, total) for run in runs]
                      for arm, runs in all_runs.items()}
         best = {name: min(specs, key=lambda arm: (np.mean(all_steps[arm]),
                                                   np.mean(finals(all_runs[arm], "train_loss"))))
@@ -226,13 +213,14 @@ class Optimizers(Study):
                 "grid": {n: {arms[a]["optimizer"]["lr"]: float(np.mean(all_steps[a])) for a in specs}
                          for n, specs in grid.items()}}
 
-    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
-        b: OptimizerBudget = ctx.budget  # type: ignore[assignment]
+    def present(self, results: dict[str, Any], ctx: StudyContext[OptimizerBudget]
+                ) -> tuple[list[FigureRef], list[Table]]:
+        b = ctx.budget
         paths, runs, steps = results["paths"], results["runs"], results["steps"]
         figures = [ctx.figure(_paths_figure(paths), "paths",
                               f"{b.path_steps} steps of each optimizer on f(x, y) = x²/20 + y² from (-7, 2).")]
         fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        curves_figure({n: [smoothed(r.extras["step_loss"]) for r in rs] for n, rs in runs.items()},
+        curves_figure({n: [smoothed_loss(r.extras["step_loss"]) for r in rs] for n, rs in runs.items()},
                       title="training loss per step (moving average)", xlabel="step", ylabel="loss", logy=True,
                       ax=axes[0])
         curves_figure({n: series(rs, "val_acc") for n, rs in runs.items()}, title="validation accuracy",
@@ -248,9 +236,9 @@ class Optimizers(Study):
                                   "Steps until the smoothed training loss reaches the target: mean and 95% CI."))
         path_rows = [[n, PATH_SPECS[n]["lr"], float(p["f"][-1]), _first_below(p["f"], PATH_TARGET)]
                      for n, p in paths.items()]
-        train_rows = [[n, results["lr"][n], float(np.mean(steps[n])),
-                       sum(s > results["total_steps"] for s in steps[n]), float(np.mean(finals(rs, "train_loss"))),
-                       float(np.mean(finals(rs, "val_acc"))), float(np.mean(finals(rs, "test_acc")))]
+        train_rows = [[n, results["lr"][n], mean_finite(steps[n]),
+                       sum(not reached(s, results["total_steps"]) for s in steps[n]),
+                       *(mean_finite(finals(rs, key)) for key in ("train_loss", "val_acc", "test_acc"))]
                       for n, rs in runs.items()]
         return figures, [
             Table("2-D bowl", ["optimizer", "lr", "final f", f"first step with f < {PATH_TARGET:g}"], path_rows),

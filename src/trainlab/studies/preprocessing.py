@@ -32,6 +32,7 @@ from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series)
+from trainlab.studies.measures import epochs_to_accuracy, mean_finite, reached
 
 DATASET_NAMES = ("breast_cancer", "wine")
 SCALERS = ("standardize", "minmax")
@@ -56,12 +57,6 @@ def loss_after(run: RunResult, k: int) -> float:
     """The training loss of epoch ``k`` (1-based), or of the last epoch of a run that stopped before it."""
     history = run.metric("train_loss")
     return float(history[min(k, len(history)) - 1])
-
-
-def epochs_to(run: RunResult, target: float, key: str = "val_acc") -> int | None:
-    """The first (1-based) epoch at which ``key`` reaches ``target``; None if it never does."""
-    hit = np.flatnonzero(np.asarray(run.metric(key)) >= target)
-    return int(hit[0]) + 1 if hit.size else None
 
 
 def feature_stds(dataset: str) -> np.ndarray:
@@ -99,7 +94,7 @@ CLAIMS = (
 
 
 @register_study
-class Preprocessing(Study):
+class Preprocessing(Study[PreprocessingBudget]):
     name = "preprocessing"
     title = "Input preprocessing and the scaler leak"
     question = ("On tabular data whose features have very different scales, how much faster does a network learn "
@@ -116,8 +111,8 @@ class Preprocessing(Study):
                 "model": {"name": "mlp", "depth": 2, "width": 64}, "optimizer": {"name": "adam", "lr": 1e-3},
                 "threads": 1, "checkpoint_every_epochs": budget.epochs}
 
-    def measure(self, ctx: StudyContext) -> dict[str, Any]:
-        b: PreprocessingBudget = ctx.budget  # type: ignore[assignment]
+    def measure(self, ctx: StudyContext[PreprocessingBudget]) -> dict[str, Any]:
+        b = ctx.budget
         runs: dict[str, dict[str, list[RunResult]]] = {}
         for ds in DATASET_NAMES:
             runs[ds] = {arm: [] for arm in ARMS}
@@ -130,7 +125,8 @@ class Preprocessing(Study):
         return {"runs": runs, "k_epochs": b.k_epochs,
                 "feature_std": {ds: feature_stds(ds).tolist() for ds in DATASET_NAMES}}
 
-    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+    def present(self, results: dict[str, Any], ctx: StudyContext[PreprocessingBudget]
+                ) -> tuple[list[FigureRef], list[Table]]:
         runs, k = results["runs"], results["k_epochs"]
         spans = ", ".join(f"{np.log10(max(s) / min(s)):.1f} on {ds}" for ds, s in results["feature_std"].items())
         figures = [ctx.figure(_scales_figure(results["feature_std"]), "feature_scales",
@@ -150,17 +146,17 @@ class Preprocessing(Study):
         rows = []
         for ds, arms in runs.items():
             for arm, rs in arms.items():
-                reached = [epochs_to(r, TARGET_ACC) for r in rs]
-                hits = [e for e in reached if e is not None]
-                rows.append([ds, arm, float(np.mean([loss_after(r, k) for r in rs])),
-                             float(np.mean(finals(rs, "train_loss"))),
-                             float(np.mean(hits)) if hits else "never", len(reached) - len(hits),
-                             float(np.mean(finals(rs, "val_acc"))), float(np.mean(finals(rs, "test_acc")))])
+                hits = [e for e in (epochs_to_accuracy(r, TARGET_ACC, ctx.budget.epochs) for r in rs)
+                        if reached(e, ctx.budget.epochs)]
+                rows.append([ds, arm, mean_finite([loss_after(r, k) for r in rs]),
+                             mean_finite(finals(rs, "train_loss")), mean_finite(hits) if hits else "never",
+                             len(rs) - len(hits), mean_finite(finals(rs, "val_acc")),
+                             mean_finite(finals(rs, "test_acc"))])
         leak_rows = []
         for ds, arms in runs.items():
             for scaler in SCALERS:
                 honest, leaky = arms[scaler], arms[f"{scaler}_leak"]
-                leak_rows.append([ds, scaler, *(float(np.mean(np.subtract(finals(leaky, key), finals(honest, key))))
+                leak_rows.append([ds, scaler, *(mean_finite(np.subtract(finals(leaky, key), finals(honest, key)))
                                                 for key in ("val_acc", "test_acc", "val_loss", "test_loss"))])
         return figures, [
             Table("Per dataset and arm (means over seeds)",

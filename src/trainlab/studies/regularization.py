@@ -8,16 +8,18 @@ the best weights restored, random shifts of the signal (augmentation), Gaussian 
 decay (AdamW). Every arm shares the seed's initial weights and batch order, so the comparisons with ``none`` are
 paired by seed.
 
-At the end of each run a probe records, with the final weights (the restored ones for early stopping): the train
-metrics in eval mode (no dropout, no augmentation: the *clean* train accuracy), the fraction of weights with
+At the end of each run, with the final weights (the restored ones for early stopping), ``measures.TrainEval``
+records the train metrics in eval mode (no dropout, no augmentation: the *clean* train accuracy) and a probe the
+fraction of weights with
 |w| < 1e-3 (``trainlab.regularizers.sparsity``) and < 1e-6, the RMS and the largest |w|, quantiles and a histogram
 of the first layer's weights, and, for dropout nets, the test accuracy of Monte-Carlo averages of thinned networks
 (the softmax averaged over 1, 2, 4, ... random dropout masks) against the single deterministic pass.
 
 Definitions, fixed before measuring:
 
-- the *train/validation gap* is clean train accuracy minus validation accuracy; a technique reduces it when its gap
-  is smaller than ``none``'s (paired t-test over seeds);
+- the *gap* is ``measures.generalization_gap``: clean train accuracy minus test accuracy (not validation accuracy,
+  which early stopping selects its weights by); a technique reduces it when its gap is smaller than ``none``'s
+  (paired t-test over seeds);
 - *sparse* is the fraction of weights with |w| < 1e-3; L2's weights are *uniformly small* when their RMS and their
   largest |w| are below ``none``'s;
 - dropout *works like an ensemble* when averaging the predictions of many thinned networks beats one thinned network
@@ -34,6 +36,7 @@ AdamW's weight decay {1, 3, 10, 30} (decoupled decay shrinks each weight by lr x
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +53,7 @@ from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)
+from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, train_metric
 
 ARMS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -121,28 +125,17 @@ def mc_dropout(model: nn.Module, x: Tensor, y: Tensor, samples: int, seed: int =
 
 
 class RegularizationProbe(Callback):
-    """At fit end (after early stopping restored its best weights) stores in ``extras``: ``clean_train`` (train
-    loss and accuracy in eval mode), ``weights`` (``weight_stats``) and, for nets with dropout, ``mc_dropout``."""
+    """At fit end (after early stopping restored its best weights) stores in ``extras``: ``weights``
+    (``weight_stats``) and, for nets with dropout, ``mc_dropout``."""
 
     def __init__(self, mc_samples: int):
         self.mc_samples = mc_samples
 
     def on_fit_end(self, trainer: Any) -> None:
-        trainer.extras["clean_train"] = trainer.evaluate("train")
         trainer.extras["weights"] = weight_stats(trainer.model)
         if any(isinstance(m, (nn.Dropout, ClassicDropout)) for m in trainer.model.modules()):
             trainer.extras["mc_dropout"] = mc_dropout(trainer.model, trainer.data.x_test, trainer.data.y_test,
                                                       self.mc_samples)
-
-
-def gap(run: RunResult) -> float:
-    """Clean (eval-mode) train accuracy minus validation accuracy, both with the final weights."""
-    return float(run.extras["clean_train"]["acc"] - run.final["val_acc"])
-
-
-def loss_gap(run: RunResult) -> float:
-    """Validation loss minus clean train loss."""
-    return float(run.final["val_loss"] - run.extras["clean_train"]["loss"])
 
 
 def val_min_epoch(run: RunResult) -> int:
@@ -177,9 +170,9 @@ def claim_sparse(r: dict[str, Any]) -> ClaimResult:
 
 def claim_gap(r: dict[str, Any]) -> ClaimResult:
     runs = r["runs"]
-    base = [gap(run) for run in runs["none"]]
-    return joint({arm: compare_result([gap(run) for run in runs[arm]], base, "less",
-                                      "clean train accuracy - validation accuracy", (arm, "none"))
+    base = [generalization_gap(run) for run in runs["none"]]
+    return joint({arm: compare_result([generalization_gap(run) for run in runs[arm]], base, "less",
+                                      "clean train accuracy - test accuracy", (arm, "none"))
                   for arm in ARMS if arm != "none"})
 
 
@@ -216,7 +209,8 @@ CLAIMS = (
     Claim("l1_sparse_l2_small", "L1 gives sparse weights (many exactly or nearly zero), L2 uniformly small ones.",
           claim_sparse),
     Claim("reduce_gap", "All of them (L1, L2, elastic net, activity penalty, dropout in both modes, early stopping, "
-                        "augmentation, input noise, weight decay) reduce the train/validation gap on small data.",
+                        "augmentation, input noise, weight decay) reduce the gap between training and held-out "
+                        "(test) accuracy on small data.",
           claim_gap),
     Claim("augment_noise", "Augmentation and input noise reduce overfitting: a higher test accuracy than the "
                            "unregularized network.", claim_augment_noise),
@@ -228,7 +222,7 @@ CLAIMS = (
 
 
 @register_study
-class Regularization(Study):
+class Regularization(Study[RegularizationBudget]):
     name = "regularization"
     title = "Regularization on small data"
     question = ("On 500 training samples a large MLP overfits: which of L1, L2, elastic net, activity penalties, "
@@ -245,13 +239,14 @@ class Regularization(Study):
         return {"model": {"name": "mlp", "depth": budget.depth, "width": budget.width},
                 "optimizer": {"name": "adam", "lr": 1e-3}, "threads": 1, "checkpoint_every_epochs": budget.epochs}
 
-    def measure(self, ctx: StudyContext) -> dict[str, Any]:
-        b: RegularizationBudget = ctx.budget  # type: ignore[assignment]
+    def measure(self, ctx: StudyContext[RegularizationBudget]) -> dict[str, Any]:
+        b = ctx.budget
         runs = ctx.train_arms(self.base_config(b), ARMS,
-                              callbacks_factory=lambda arm, seed: [RegularizationProbe(b.mc_samples)])
+                              callbacks_factory=lambda arm, seed: [TrainEval(), RegularizationProbe(b.mc_samples)])
         return {"runs": runs}
 
-    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
+    def present(self, results: dict[str, Any], ctx: StudyContext[RegularizationBudget]
+                ) -> tuple[list[FigureRef], list[Table]]:
         runs: dict[str, list[RunResult]] = results["runs"]
         figures = [ctx.figure(_histograms(runs), "first_layer_weights",
                               "Histogram of the first layer's weights per arm (all seeds; log scale; the grey "
@@ -268,7 +263,7 @@ class Regularization(Study):
                                                  "it stops, its patience after the validation minimum."))
         figures.append(ctx.figure(_accuracy_bars(runs), "accuracy",
                                   "Clean train, validation and test accuracy per arm: mean and 95% CI over seeds. "
-                                  "The train/validation gap is the distance between the first two bars."))
+                                  "The gap is the distance between the train and the test bar."))
         figures.append(ctx.figure(bars_figure({a: _weights(rs, "sparsity") for a, rs in runs.items()},
                                               title=f"fraction of weights with |w| < {SPARSE:g}", ylabel="fraction"),
                                   "sparsity", "Near-zero weights per arm (all layers): mean and 95% CI."))
@@ -278,31 +273,38 @@ class Regularization(Study):
         return figures, _tables(runs)
 
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values))
+def _arm_columns() -> dict[str, Callable[[RunResult], float]]:
+    """The columns of the per-arm table: header -> the value of one run (the table shows the mean over seeds)."""
+    def final(key: str) -> Callable[[RunResult], float]:
+        return lambda run: float(run.final[key])
+
+    def weights(key: str) -> Callable[[RunResult], float]:
+        return lambda run: float(run.extras["weights"][key])
+
+    return {"train acc": train_metric, "val acc": final("val_acc"), "train - test acc": generalization_gap,
+            "test - train loss": lambda run: generalization_gap(run, "loss"), "test acc": final("test_acc"),
+            f"|w| < {SPARSE:g}": weights("sparsity"), f"|w| < {ZERO:g}": weights("zeros"), "RMS w": weights("rms"),
+            "max |w|": weights("max"), "epochs run": final("epochs_run")}
 
 
 def _tables(runs: dict[str, list[RunResult]]) -> list[Table]:
-    rows = [[arm, _mean([r.extras["clean_train"]["acc"] for r in rs]), _mean(finals(rs, "val_acc")),
-             _mean([gap(r) for r in rs]), _mean([loss_gap(r) for r in rs]), _mean(finals(rs, "test_acc")),
-             _mean(_weights(rs, "sparsity")), _mean(_weights(rs, "zeros")), _mean(_weights(rs, "rms")),
-             _mean(_weights(rs, "max")), _mean([r.final["epochs_run"] for r in rs])] for arm, rs in runs.items()]
-    first = [[arm, _mean(_weights(rs, "first_sparsity")), _mean(_weights(rs, "first_rms")),
-              *(_mean([r.extras["weights"]["first_quantiles"][i] for r in rs]) for i in range(len(QUANTILES)))]
+    columns = _arm_columns()
+    rows = [[arm, *(mean_finite([value(r) for r in rs]) for value in columns.values())] for arm, rs in runs.items()]
+    first = [[arm, mean_finite(_weights(rs, "first_sparsity")), mean_finite(_weights(rs, "first_rms")),
+              *(mean_finite([r.extras["weights"]["first_quantiles"][i] for r in rs]) for i in range(len(QUANTILES)))]
              for arm, rs in runs.items()]
     mc_rows = []
     for arm in DROPOUT_ARMS:
         mc = [r.extras["mc_dropout"] for r in runs[arm]]
-        mc_rows.append([arm, _mean([m["single"] for m in mc]), _mean([m["ensemble"][-1] for m in mc]),
-                        _mean([m["deterministic"] for m in mc])])
+        mc_rows.append([arm, mean_finite([m["single"] for m in mc]), mean_finite([m["ensemble"][-1] for m in mc]),
+                        mean_finite([m["deterministic"] for m in mc])])
     es_rows = [[r.config["seed"], r.extras["best_epoch"], r.final["epochs_run"], val_min_epoch(none),
                 none.final["test_acc"], r.final["test_acc"]]
                for r, none in zip(runs["early_stopping"], runs["none"])]
     k = len(runs[DROPOUT_ARMS[0]][0].extras["mc_dropout"]["ensemble"])
     return [
         Table("Per arm (means over seeds; accuracies with the final weights, train in eval mode)",
-              ["arm", "train acc", "val acc", "gap (acc)", "val - train loss", "test acc",
-               f"|w| < {SPARSE:g}", f"|w| < {ZERO:g}", "RMS w", "max |w|", "epochs run"], rows),
+              ["arm", *columns], rows),
         Table("First layer's weights (means over seeds)",
               ["arm", f"|w| < {SPARSE:g}", "RMS w", *(f"|w| q{q:g}" for q in QUANTILES)], first),
         Table("Dropout as an ensemble: test accuracy (means over seeds)",
@@ -337,7 +339,7 @@ def _histograms(runs: dict[str, list[RunResult]]) -> Any:
 
 
 def _accuracy_bars(runs: dict[str, list[RunResult]]) -> Any:
-    series = {"train (clean)": {a: [r.extras["clean_train"]["acc"] for r in rs] for a, rs in runs.items()},
+    series = {"train (clean)": {a: [train_metric(r) for r in rs] for a, rs in runs.items()},
               "validation": {a: finals(rs, "val_acc") for a, rs in runs.items()},
               "test": {a: finals(rs, "test_acc") for a, rs in runs.items()}}
     fig, ax = grouped_bars_figure(series, title="accuracy per arm", ylabel="accuracy", figsize=(12, 4), rotate=True)
@@ -352,8 +354,8 @@ def _mc_figure(runs: dict[str, list[RunResult]]) -> Any:
                   title="dropout: averaging thinned networks", xlabel="masks averaged (k)",
                   ylabel="test accuracy", x=np.arange(1, k + 1), ax=ax)
     for line, arm in zip(ax.get_lines(), DROPOUT_ARMS):
-        ax.axhline(_mean([r.extras["mc_dropout"]["deterministic"] for r in runs[arm]]), color=line.get_color(),
-                   ls="--", lw=1, label=f"{arm}: weight-scaled net")
+        deterministic = mean_finite([r.extras["mc_dropout"]["deterministic"] for r in runs[arm]])
+        ax.axhline(deterministic, color=line.get_color(), ls="--", lw=1, label=f"{arm}: weight-scaled net")
     ax.set_xscale("log", base=2)
     ax.legend(fontsize=8)
     return fig

@@ -32,14 +32,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from trainlab.callbacks import Callback
-from trainlab.config import load_config
-from trainlab.data import load_data
+from trainlab.data import steps_per_epoch
 from trainlab.figures import bars_figure, curves_figure
 from trainlab.schedules import SCHEDULES, preview
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series)
+from trainlab.studies.measures import StepLoss, epochs_to_accuracy, mean_finite, reached
 
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine", "cosine_restarts", "one_cycle", "plateau")
 DECAYS = ("step", "exponential", "cosine")  # the monotone decays the "decaying beats constant" claim compares
@@ -72,19 +71,6 @@ def schedule_specs(epochs: int, plateau_patience: int) -> dict[str, dict[str, An
     }
 
 
-class StepLoss(Callback):
-    """Stores the loss of every step in ``extras["step_loss"]``."""
-
-    def on_fit_start(self, trainer: Any) -> None:
-        self.losses: list[float] = []
-
-    def on_step_end(self, trainer: Any) -> None:
-        self.losses.append(float(trainer.loss))
-
-    def on_fit_end(self, trainer: Any) -> None:
-        trainer.extras["step_loss"] = self.losses
-
-
 def start_instability(losses: list[float], window: int) -> tuple[float, float]:
     """(peak, roughness) of the first ``window`` step losses, both relative to the first loss.
 
@@ -100,20 +86,6 @@ def start_instability(losses: list[float], window: int) -> tuple[float, float]:
     x = np.asarray(losses[:window], dtype=float)
     x = np.where(np.isfinite(x), x, SPIKE_CAP * first) / first
     return float(x.max()), float(np.abs(np.diff(x)).mean())
-
-
-def steps_to_target(history: list[dict[str, float]], key: str, target: float) -> int | None:
-    """Optimizer steps at the end of the first epoch where ``key`` reached ``target``; None if it never did."""
-    for row in history:
-        if np.isfinite(row[key]) and row[key] >= target:
-            return int(row["step"])
-    return None
-
-
-def steps_per_epoch(base: dict[str, Any], ctx: StudyContext) -> int:
-    """Optimizer steps per epoch of the runs ``ctx.train_arms`` makes from ``base`` (their data and batch size)."""
-    config = load_config(base, {"data.train_size": ctx.budget.train_size, **ctx.data_overrides()})
-    return load_data(config.data).steps_per_epoch(config.data.batch_size)
 
 
 def best_lr(val_acc: dict[float, list[float]]) -> float:
@@ -157,7 +129,7 @@ CLAIMS = (
 
 
 @register_study
-class Schedules(Study):
+class Schedules(Study[ScheduleBudget]):
     name = "schedules"
     title = "Learning-rate schedules and warmup"
     question = ("Which learning-rate schedule trains best (constant, step, exponential, cosine, cosine with "
@@ -173,10 +145,10 @@ class Schedules(Study):
         return {"model": {"name": "mlp", "depth": 2, "width": 100},
                 "optimizer": {"name": "momentum", "lr": 0.1, "momentum": 0.9}, "threads": 1}
 
-    def measure(self, ctx: StudyContext) -> dict[str, Any]:
-        b: ScheduleBudget = ctx.budget  # type: ignore[assignment]
+    def measure(self, ctx: StudyContext[ScheduleBudget]) -> dict[str, Any]:
+        b = ctx.budget
         base = self.base_config()
-        per_epoch = steps_per_epoch(base, ctx)
+        per_epoch = steps_per_epoch(ctx.run_config(base, {}, ctx.seeds[0]).data)
         warmup = b.warmup_epochs * per_epoch
         specs = schedule_specs(b.epochs, b.plateau_patience)
         grid_arms = {f"{name}@{lr:g}": {"schedule": spec, "optimizer.lr": lr}
@@ -188,28 +160,32 @@ class Schedules(Study):
             "schedule": {**spec, "warmup_steps": warmup}, "optimizer.lr": lrs[name]} for name, spec in specs.items()})
         warm = dict(zip(specs, warm_runs.values()))
         stability_base = {**base, "model": {**base["model"], "depth": STABILITY_DEPTH},
-                          "optimizer": STABILITY_OPTIMIZER, "epochs": b.stability_epochs}
-        stability = ctx.train_arms(stability_base, {NO_WARMUP: {}, WARMUP: {"schedule.warmup_steps": warmup}},
+                          "optimizer": STABILITY_OPTIMIZER}
+        # The run length is an arm override: train_arms puts the budget's epochs over the base's.
+        short = {"epochs": b.stability_epochs}
+        stability = ctx.train_arms(stability_base,
+                                   {NO_WARMUP: short, WARMUP: {**short, "schedule.warmup_steps": warmup}},
                                    callbacks_factory=lambda arm, seed: [StepLoss()])
         starts = {arm: [start_instability(run.extras["step_loss"], 2 * warmup) for run in rs]
                   for arm, rs in stability.items()}
-        target = b.target_fraction * max(np.mean(finals(rs, "val_acc")) for rs in [*runs.values(), *warm.values()])
+        target = b.target_fraction * max(float(np.mean(finals(rs, "val_acc"))) for rs in [*runs.values(),
+                                                                                          *warm.values()])
         return {"specs": specs, "lr": lrs, "steps_per_epoch": per_epoch, "warmup_steps": warmup,
                 "grid": {name: {lr: float(np.mean(finals(grid[f"{name}@{lr:g}"], "val_acc"))) for lr in b.lrs}
                          for name in specs},
                 "runs": runs, "warm_runs": warm,
                 "test_acc": {name: finals(rs, "test_acc") for name, rs in runs.items()},
                 "test_acc_warmup": {name: finals(rs, "test_acc") for name, rs in warm.items()},
-                "target": float(target),
-                "to_target": {name: [steps_to_target(r.history, "val_acc", target) for r in rs]
-                              for name, rs in runs.items()},
+                "target": target,
+                "to_target": {name: [epochs_to_accuracy(r, target, b.epochs) for r in rs] for name, rs in runs.items()},
                 "stability": stability,
                 "peak": {arm: [p for p, _ in v] for arm, v in starts.items()},
                 "roughness": {arm: [q for _, q in v] for arm, v in starts.items()},
                 "stability_acc": {arm: finals(rs, "test_acc") for arm, rs in stability.items()}}
 
-    def present(self, results: dict[str, Any], ctx: StudyContext) -> tuple[list[FigureRef], list[Table]]:
-        b: ScheduleBudget = ctx.budget  # type: ignore[assignment]
+    def present(self, results: dict[str, Any], ctx: StudyContext[ScheduleBudget]
+                ) -> tuple[list[FigureRef], list[Table]]:
+        b = ctx.budget
         runs, lrs = results["runs"], results["lr"]
         per_epoch, warmup = results["steps_per_epoch"], results["warmup_steps"]
         figures = [ctx.figure(_lr_figure(results, b.epochs), "lr_curves",
@@ -243,10 +219,11 @@ class Schedules(Study):
         n = len(ctx.seeds)
         rows = []
         for name in runs:
-            reached = [s for s in results["to_target"][name] if s is not None]
-            rows.append([name, lrs[name], _mean(results["test_acc"][name]), _mean(finals(runs[name], "test_loss")),
-                         _mean(finals(runs[name], "train_loss")), _mean(results["test_acc_warmup"][name]),
-                         _mean(reached) if reached else "never", f"{len(reached)}/{n}"])
+            hits = [per_epoch * e for e in results["to_target"][name] if reached(e, b.epochs)]
+            rows.append([name, lrs[name], mean_finite(results["test_acc"][name]),
+                         mean_finite(finals(runs[name], "test_loss")), mean_finite(finals(runs[name], "train_loss")),
+                         mean_finite(results["test_acc_warmup"][name]), mean_finite(hits) if hits else "never",
+                         f"{len(hits)}/{n}"])
         main = Table(f"Schedules at their best peak lr, {b.epochs} epochs of {per_epoch} steps; warmup "
                      f"{warmup} steps (means over seeds)",
                      ["schedule", "peak lr", "test acc", "test loss", "train loss", "test acc + warmup",
@@ -256,15 +233,10 @@ class Schedules(Study):
                      [[name, *cells.values()] for name, cells in results["grid"].items()])
         stability = Table(f"The start with Adam at lr {STABILITY_OPTIMIZER['lr']:g} (means over seeds)",
                           ["arm", "peak loss / first", "roughness", "final test acc", "diverged"],
-                          [[arm, _mean(results["peak"][arm]), _mean(results["roughness"][arm]),
-                            _mean(results["stability_acc"][arm]), sum(bool(r.extras.get("diverged")) for r in rs)]
+                          [[arm, mean_finite(results["peak"][arm]), mean_finite(results["roughness"][arm]),
+                            mean_finite(results["stability_acc"][arm]), sum(bool(r.extras.get("diverged")) for r in rs)]
                            for arm, rs in results["stability"].items()])
         return figures, [main, grid, stability]
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _lr_figure(results: dict[str, Any], epochs: int) -> Any:
