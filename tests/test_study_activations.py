@@ -5,13 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-import trainlab.runs
 import trainlab.studies.activations as study
 from trainlab.diagnostics import probe_forward
 from trainlab.runs import RunResult
-from trainlab.studies import STUDIES, make_context, run_studies
+from trainlab.studies import STUDIES, run_studies
 from trainlab.studies.activations import (benchmark, claim_cost, claim_dead, claim_not_centred, claim_relu_first,
                                           claim_vanishing, dead_fraction, log_ratio)
+
+from study_helpers import assert_rerun_is_cached
 
 
 def run(**extras) -> RunResult:
@@ -106,13 +107,5 @@ def test_on_three_seeds_sigmoid_gradients_vanish_and_a_second_run_computes_nothi
     assert outcome.tables and all(t.rows for t in outcome.tables)
     assert outcome.runs_trained == 3 * (7 + 3)
 
-    def nothing_new(*args, **kwargs):
-        raise AssertionError("computed again")
-
-    monkeypatch.setattr(study, "benchmark", nothing_new)
-    monkeypatch.setattr(trainlab.runs, "train", nothing_new)
     activations = STUDIES["activations"]
-    ctx = make_context(activations, mode="smoke", seeds=3, out=tmp_path)
-    results = activations.measure(ctx)
-    assert (ctx.runs_trained, ctx.runs_cached) == (0, 3 * (7 + 3))
-    assert [c.evaluate(results) for c in activations.claims] == outcome.claims
+    assert_rerun_is_cached(activations, outcome, monkeypatch, study, "benchmark", 3 * (7 + 3), seeds=3, out=tmp_path)

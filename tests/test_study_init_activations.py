@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import trainlab.runs
 import trainlab.studies.init_activations as study
 from trainlab.diagnostics import probe_forward
 from trainlab.models import MLP
 from trainlab.studies import STUDIES, make_context, run_study
 from trainlab.studies.init_activations import (INITS, InitBudget, claim_he_notes, claim_he_relu, ends_share,
                                                forward_stats)
+
+from study_helpers import assert_rerun_is_cached
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,5 @@ def test_on_three_seeds_zero_init_keeps_units_identical_and_a_second_run_compute
     assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
 
-    def nothing_new(*args, **kwargs):
-        raise AssertionError("computed again")
-
-    monkeypatch.setattr(study, "forward_stats", nothing_new)
-    monkeypatch.setattr(trainlab.runs, "train", nothing_new)
-    ctx = make_context(init, mode="smoke", budget=budget, out=tmp_path)
-    results = init.measure(ctx)
-    assert (ctx.runs_trained, ctx.runs_cached) == (0, 3 * len(INITS))
-    assert [c.evaluate(results) for c in init.claims] == outcome.claims
+    assert_rerun_is_cached(init, outcome, monkeypatch, study,
+                           "forward_stats", 3 * len(INITS), budget=budget, out=tmp_path)

@@ -5,13 +5,14 @@ import math
 import numpy as np
 import pytest
 
-import trainlab.runs
 import trainlab.studies.learning_rate as study
 from trainlab.lr_range import LRRangeResult
 from trainlab.runs import RunResult
-from trainlab.studies import STUDIES, make_context, run_studies
+from trainlab.studies import STUDIES, run_studies
 from trainlab.studies.learning_rate import (EXPLODE, best_lr, claim_range_test, claim_too_high, claim_too_low,
                                             diverged)
+
+from study_helpers import assert_rerun_is_cached
 
 
 def run(train_loss: float = 1.0, val_acc: float = 0.5, step_loss=(2.0, 1.5, 1.0), lr: float = 0.1,
@@ -71,13 +72,5 @@ def test_on_three_seeds_lr_10_diverges_and_a_second_run_computes_nothing(tmp_pat
     assert outcome.tables and all(t.rows for t in outcome.tables)
     assert outcome.runs_trained == 3 * 3 + 3  # the sweep, and one run of each seed's suggestion
 
-    def nothing_new(*args, **kwargs):
-        raise AssertionError("computed again")
-
-    monkeypatch.setattr(study, "lr_range_test", nothing_new)
-    monkeypatch.setattr(trainlab.runs, "train", nothing_new)
     lr = STUDIES["learning_rate"]
-    ctx = make_context(lr, mode="smoke", seeds=3, out=tmp_path)
-    results = lr.measure(ctx)
-    assert (ctx.runs_trained, ctx.runs_cached) == (0, 12)
-    assert [c.evaluate(results) for c in lr.claims] == outcome.claims
+    assert_rerun_is_cached(lr, outcome, monkeypatch, study, "lr_range_test", 12, seeds=3, out=tmp_path)

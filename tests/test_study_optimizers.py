@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-import trainlab.runs
 import trainlab.studies.optimizers as study
-from trainlab.studies import STUDIES, make_context, run_studies
+from trainlab.studies import STUDIES, run_studies
 from trainlab.studies.optimizers import PATH_SPECS, TRAIN_SPECS, effective_lr, path_2d, steps_to_fraction
+
+from study_helpers import assert_rerun_is_cached
 
 
 def test_2d_paths_follow_torch_optim_and_reach_the_minimum():
@@ -60,13 +61,6 @@ def test_on_three_seeds_adagrads_rate_shrinks_and_rmsprops_does_not(tmp_path, mo
     assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
 
-    def nothing_new(*args, **kwargs):
-        raise AssertionError("computed again")
-
-    monkeypatch.setattr(study, "path_2d", nothing_new)
-    monkeypatch.setattr(trainlab.runs, "train", nothing_new)
     optimizers = STUDIES["optimizers"]
-    ctx = make_context(optimizers, mode="smoke", seeds=3, out=tmp_path)
-    results = optimizers.measure(ctx)
-    assert (ctx.runs_trained, ctx.runs_cached) == (0, outcome.runs_trained)
-    assert [c.evaluate(results) for c in optimizers.claims] == outcome.claims
+    assert_rerun_is_cached(optimizers, outcome, monkeypatch, study,
+                           "path_2d", outcome.runs_trained, seeds=3, out=tmp_path)

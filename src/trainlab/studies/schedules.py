@@ -40,7 +40,6 @@ from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study,
                                    finals, joint, series)
 from trainlab.studies.measures import StepLoss, epochs_to_accuracy, mean_finite, reached
 
-SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine", "cosine_restarts", "one_cycle", "plateau")
 DECAYS = ("step", "exponential", "cosine")  # the monotone decays the "decaying beats constant" claim compares
 STABILITY_OPTIMIZER = {"name": "adam", "lr": 0.03}  # 30x Adam's default: a start that spikes without warmup
 STABILITY_DEPTH = 4
