@@ -376,6 +376,9 @@ def test_overfitting_and_underfitting_rules():
     assert _codes(_record(falling, healthy)) == []
     plateau = _epochs([2.0, 1.9, 1.8, 1.8, 1.8, 1.8], [2.0, 1.9, 1.8, 1.8, 1.8, 1.8])
     assert _codes(_record(2.3 - 0.5 * (1 - np.exp(-np.arange(200) / 20)), plateau)) == ["underfitting"]
+    # A high loss that climbs back up is no plateau: "train longer" would be the wrong advice.
+    climbing = _epochs([2.0, 1.5, 1.2, 1.3, 1.45, 1.6], [2.0, 1.5, 1.2, 1.3, 1.45, 1.6])
+    assert "underfitting" not in _codes(_record(2.3 - 0.5 * (1 - np.exp(-np.arange(200) / 20)), climbing))
 
 
 def test_unscaled_inputs_and_sorting_by_severity():

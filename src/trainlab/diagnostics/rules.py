@@ -155,11 +155,13 @@ def _epoch_findings(r: DiagnosticsRecord) -> list[Finding]:
         third = rows[-max(2, len(rows) // 3):]
         final = rows[-1]["train_loss"]
         gain = (third[0]["train_loss"] - final) / max(abs(third[0]["train_loss"]), 1e-12)
-        if final > UNDERFIT_SHARE * reference and gain < PLATEAU_DECREASE:
+        # A plateau is flat: a loss that climbs back up over the last epochs is an lr or divergence problem, which
+        # its own rules name, and "train longer" would be the wrong advice for it.
+        if final > UNDERFIT_SHARE * reference and -PLATEAU_DECREASE < gain < PLATEAU_DECREASE:
             findings.append(Finding(
                 "underfitting", None, int(rows[-1]["step"]), "warning",
                 f"training loss plateaued at {_fmt(final)} ({_fmt(100 * final / reference)}% of the chance-level "
-                f"{_fmt(reference)}); it improved {_fmt(100 * gain)}% over the last {len(third)} epochs",
+                f"{_fmt(reference)}); it changed by {_fmt(-100 * gain)}% over the last {len(third)} epochs",
                 "a bigger model (depth/width); train longer or with a higher lr; less regularization"))
     return findings
 
