@@ -11,7 +11,7 @@ from trainlab.callbacks import Callback, EarlyStopping, EarlyStoppingConfig, Non
 from trainlab.config import load_config
 from trainlab.registry import ConfigError
 from trainlab.runs import Store, load_result, train
-from trainlab.trainer import build_trainer
+from trainlab.trainer import build_trainer, flushes_subnormals
 
 
 @pytest.mark.parametrize("values,mode,patience,stop,best", [
@@ -210,3 +210,23 @@ def test_load_config_returns_a_run_config_as_is_and_applies_overrides(tiny):
     config = load_config(tiny)
     assert load_config(config) is config
     assert load_config(config, {"epochs": 3}).epochs == 3 and config.epochs != 3
+
+
+class SeesSubnormals(Callback):
+    def on_step_end(self, trainer):
+        self.flushed = flushes_subnormals()
+        self.tiny = float(torch.tensor([1e-39]) * 2)
+
+
+@pytest.mark.parametrize("caller_flushes", [False, True])
+def test_training_flushes_subnormals_and_restores_the_callers_setting(tiny, caller_flushes):
+    torch.set_flush_denormal(caller_flushes)
+    try:
+        assert flushes_subnormals() is caller_flushes
+        seen = SeesSubnormals()
+        build_trainer(load_config({**tiny, "epochs": 1}), [seen]).fit()
+        assert seen.flushed and seen.tiny == 0.0  # 2e-39 is subnormal: zero while training
+        assert flushes_subnormals() is caller_flushes
+        assert (float(torch.tensor([1e-39]) * 2) == 0.0) is caller_flushes
+    finally:
+        torch.set_flush_denormal(False)

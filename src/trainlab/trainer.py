@@ -7,7 +7,8 @@ unless a callback asks for one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -53,15 +54,17 @@ class Trainer:
         self.elapsed_s = 0.0
 
     def fit(self) -> dict[str, Any]:
-        self._fire("on_fit_start")
-        try:
-            # A resumed run that had already stopped (early stopping, divergence) stays stopped.
-            while self.epoch < self.epochs and not self.stopped_reason:
-                self._epoch()
-        except StopTraining as stop:
-            self.stopped_reason = str(stop)
-        self._fire("on_fit_end")
-        return self.summary()
+        """Train to the last epoch or the first stop; the final summary (see ``summary``)."""
+        with flush_subnormals():
+            self._fire("on_fit_start")
+            try:
+                # A resumed run that had already stopped (early stopping, divergence) stays stopped.
+                while self.epoch < self.epochs and not self.stopped_reason:
+                    self._epoch()
+            except StopTraining as stop:
+                self.stopped_reason = str(stop)
+            self._fire("on_fit_end")
+            return self.summary()
 
     def _epoch(self) -> None:
         self.model.train()
@@ -195,6 +198,30 @@ class Trainer:
         self.extras = dict(state["extras"])
         # Checkpoints written before the reason was part of the state hold none: they resume as unstopped.
         self.stopped_reason = state.get("stopped_reason", "")
+
+
+def flushes_subnormals() -> bool:
+    """Whether the CPU now treats subnormal floats as zero: 1e-39 (below float32's smallest normal, 1.2e-38) times 2
+    is 0 then, and 2e-39 otherwise."""
+    return float(torch.tensor([1e-39], dtype=torch.float32).mul(2.0)[0]) == 0.0
+
+
+@contextmanager
+def flush_subnormals() -> Iterator[None]:
+    """Flush subnormal floats to zero inside the block, and restore the caller's setting after it.
+
+    A collapsing network's activations and gradients can go subnormal (below 1.2e-38 in float32), and x86 CPUs
+    compute on those tens of times slower (a ReLU MLP trained at 9 s an epoch instead of 0.36 s here). Values that
+    small carry no information for training, so zero is as good and fast. Where the CPU offers no such mode,
+    ``torch.set_flush_denormal`` says so and nothing changes.
+    """
+    before = flushes_subnormals()
+    changed = torch.set_flush_denormal(True) and not before
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
 
 
 def epoch_metric_names(data: Data) -> list[str]:
