@@ -24,3 +24,12 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory):
+    """Generated datasets are cached in a folder of the test session's, never in the user's home."""
+    import trainlab.data
+
+    trainlab.data.DATA_CACHE = tmp_path_factory.mktemp("data-cache")
+    yield

@@ -325,3 +325,25 @@ def test_split_sizes_refuse_a_train_size_above_what_is_left():
 
     with pytest.raises(ConfigError, match="must be at most the 800 training samples"):
         split_sizes(DataConfig.model_validate({"dataset": "moons", "train_size": 801, "val_fraction": 0.0}))
+
+
+def test_mnist1d_is_generated_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    import trainlab.data as data
+
+    monkeypatch.setattr(data, "DATA_CACHE", tmp_path)
+    data._mnist1d_arrays.cache_clear()
+    generated = data._mnist1d_arrays(200, 7)
+    (cached,) = tmp_path.glob("mnist1d-*-200-7.npz")
+    data._mnist1d_arrays.cache_clear()
+    monkeypatch.setattr(data, "_generate_mnist1d", lambda *a: pytest.fail("generated again"))
+    again = data._mnist1d_arrays(200, 7)
+    for a, b in zip(generated, again, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    # A damaged file is generated again and replaced.
+    cached.write_bytes(b"not an npz")
+    data._mnist1d_arrays.cache_clear()
+    monkeypatch.setattr(data, "_generate_mnist1d", lambda *a: generated)
+    assert all(np.array_equal(a, b) for a, b in zip(data._mnist1d_arrays(200, 7), generated))
+    with np.load(cached) as f:
+        assert np.array_equal(f["x"], generated[0])
+    data._mnist1d_arrays.cache_clear()

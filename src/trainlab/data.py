@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from trainlab.augment import AUGMENTATIONS, Augmentation, check_low_below_high
+from trainlab.checkpoints import atomic_write
 from trainlab.registry import Component, ConfigError, Registry, Section
 
 Task = Literal["classification", "regression"]
@@ -75,9 +76,37 @@ def _mnist1d_args(num_samples: int, seed: int):
     return args
 
 
+#: Where generated datasets are kept between processes (MNIST-1D takes 1-2 s to generate); ``None`` keeps none.
+DATA_CACHE: Path | None = Path.home() / ".cache" / "trainlab"
+_MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
+
+
 @functools.lru_cache(maxsize=4)
 def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[np.ndarray, ...]:
-    """(x, y, x_test, y_test), generated once per process (about a second)."""
+    """(x, y, x_test, y_test): from ``DATA_CACHE`` when a process has generated them before, else generated.
+
+    The file name holds everything the arrays depend on (the mnist1d version, ``num_samples``, ``seed``) and is
+    written atomically, so a reader sees a whole file or none; one that cannot be read is generated again.
+    """
+    from importlib.metadata import version
+
+    path = None if DATA_CACHE is None else DATA_CACHE / f"mnist1d-{version('mnist1d')}-{num_samples}-{seed}.npz"
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return tuple(f[k] for k in _MNIST1D_KEYS)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged file: generate the arrays again and replace it
+    arrays = _generate_mnist1d(num_samples, seed)
+    if path is not None:
+        try:
+            atomic_write(path, lambda f: np.savez(f, **dict(zip(_MNIST1D_KEYS, arrays))))
+        except OSError:
+            pass  # a read-only or full disk costs the next process a second, nothing more
+    return arrays
+
+
+def _generate_mnist1d(num_samples: int, seed: int) -> tuple[np.ndarray, ...]:
     from mnist1d.data import make_dataset
     from mnist1d.utils import ObjectView
 
