@@ -211,3 +211,37 @@ def test_evidence_with_non_finite_values_is_strict_json():
     flat = Evidence.compare("shift", [2.0, 3.0, 4.0], [1.0, 2.0, 3.0], "greater", paired=True)
     assert Evidence.from_dict(json.loads(json.dumps(flat.to_dict(), allow_nan=False))) == flat
     assert "n = 3 pairs" in flat.describe()
+
+
+def test_detectable_difference_has_the_claimed_power():
+    from trainlab.stats import detectable_difference
+
+    # Large df: the normal approximation (z_0.975 + z_0.8) * se.
+    assert detectable_difference(1.0, 10_000) == pytest.approx(sps.norm.ppf(0.975) + sps.norm.ppf(0.8), rel=1e-3)
+    assert detectable_difference(0.0, 5) == 0.0 and math.isnan(detectable_difference(math.nan, 0))
+    # Simulated paired t-tests with that true difference reject 80% of the time.
+    rng = np.random.default_rng(0)
+    n, sd = 10, 2.0
+    delta = detectable_difference(sd / math.sqrt(n), n - 1)
+    d = rng.normal(delta, sd, size=(40_000, n))
+    p = 2 * sps.t.sf(np.abs(d.mean(1) / (d.std(1, ddof=1) / math.sqrt(n))), n - 1)
+    assert (p < 0.05).mean() == pytest.approx(0.8, abs=0.01)
+    with pytest.raises(ValueError, match="'power' argument must be a float in \\(0, 1\\)"):
+        detectable_difference(1.0, 5, power=1.0)
+
+
+def test_an_inconclusive_comparison_says_what_it_could_have_detected():
+    from trainlab.stats import Evidence
+
+    a, b = [1.0, 1.2, 0.9, 1.1], [1.05, 1.1, 1.0, 1.0]
+    ev = Evidence.compare("a beats b", a, b, "greater", paired=True)
+    c = ev.comparison
+    assert ev.verdict == "inconclusive"
+    sd = np.std(np.subtract(a, b), ddof=1)
+    from trainlab.stats import detectable_difference
+
+    assert c.detectable == pytest.approx(detectable_difference(sd / 2, 3))
+    assert f"at n = 4 pairs it would detect a difference of {c.detectable:.3g} 80% of the time" in ev.reason
+    assert Evidence.from_dict(ev.to_dict()) == ev
+    th = Evidence.threshold("mean above 1", [0.9, 1.3, 1.0], ">", 1.0)
+    assert th.verdict == "inconclusive" and "at n = 3 values it would detect a difference of" in th.reason

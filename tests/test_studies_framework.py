@@ -269,3 +269,17 @@ def test_ablate_rejects_too_few_seeds_and_a_config_without_validation_split(tmp_
     with pytest.raises(ConfigError, match="val_fraction"):
         ablate(no_val, seeds=2, out=tmp_path, progress=False)
     assert train_calls == []  # rejected before anything was trained
+
+
+def test_claim_results_carry_n_effect_size_and_the_detectable_difference():
+    from trainlab.studies.base import compare_result, threshold_effect, threshold_result
+
+    above = threshold_result([2.0, 3.0, 4.0], ">", 1.0, "x")
+    assert above.numbers["n"] == 3 and above.numbers["d"] == pytest.approx(2.0)  # (3 - 1) / std 1
+    assert "d = 2" in above.evidence
+    assert threshold_effect(2.0, 0.0, 2.0) == 0.0 and threshold_effect(2.0, 0.0, 1.0) == math.inf
+    assert math.isnan(threshold_effect(2.0, math.nan, 1.0))
+    result = compare_result([1.0, 2.0, 3.0], [1.5, 2.2, 2.9], "greater", "acc", ("a", "b"))
+    assert result.verdict == "inconclusive" and result.numbers["n"] == 3
+    assert result.numbers["detectable diff"] > abs(result.numbers["diff"])
+    assert f"it would detect a difference of {result.numbers['detectable diff']:.3g}" in result.evidence

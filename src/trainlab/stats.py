@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 from scipy import stats as sps
 
 Verdict = Literal["supported", "refuted", "inconclusive"]
+POWER = 0.8  # the power at which an inconclusive test reports the smallest effect it could have detected
 
 
 def _values(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
@@ -95,13 +96,41 @@ def summarize(values: Sequence[float] | np.ndarray, confidence: float = 0.95) ->
     return Summary(n, mean, std, sem, mean - half, mean + half, confidence)
 
 
+def detectable_difference(se: float, df: float, alpha: float = 0.05, power: float = POWER) -> float:
+    """The smallest true difference that a two-sided t-test at level ``alpha`` detects with probability ``power``.
+
+    With standard error ``se`` and ``df`` degrees of freedom, the test statistic under a true difference delta is
+    noncentral t(df, delta / se); delta solves P(|T| > t_{1-alpha/2, df}) = power (Cohen, "Statistical power analysis
+    for the behavioral sciences", 1988, ch. 2). For large df, delta -> (z_{1-alpha/2} + z_power) se = 2.80 se.
+    ``nan`` when undefined (one value: se is nan); 0 when se is 0 (every difference shows).
+    """
+    _check_unit(alpha, "alpha")
+    _check_unit(power, "power")
+    if not (se >= 0 and df >= 1):
+        return math.nan
+    if se == 0:
+        return 0.0
+    crit = float(sps.t.ppf(1 - alpha / 2, df))
+
+    def power_at(ncp: float) -> float:
+        rejected = float(sps.nct.sf(crit, df, ncp) + sps.nct.cdf(-crit, df, ncp))
+        # scipy's noncentral t loses precision far in the tail at tiny df (n = 2): there the test surely rejects.
+        return (1.0 if math.isnan(rejected) else rejected) - power
+
+    high = crit + 4.0
+    while power_at(high) < 0:
+        high *= 2
+    return optimize.brentq(power_at, 0.0, high, xtol=1e-10) * se
+
+
 @dataclass(frozen=True)
 class Comparison:
     """mean(a) - mean(b) with its confidence interval, a two-sided t-test and a standardized effect size.
 
     ``effect_name`` is ``"d_z"`` (paired: mean difference / std of the differences, Cohen) or ``"g"`` (Welch:
-    Cohen's d with the pooled std, times Hedges' small-sample correction J). Undefined values (a group of one) are
-    ``nan`` and the interval is infinite.
+    Cohen's d with the pooled std, times Hedges' small-sample correction J). ``detectable`` is the smallest
+    difference the test would have found with probability ``POWER`` at this n and spread (``detectable_difference``).
+    Undefined values (a group of one) are ``nan`` and the interval is infinite.
     """
 
     test: Literal["paired t", "welch t"]
@@ -116,6 +145,7 @@ class Comparison:
     effect: float
     effect_name: Literal["d_z", "g"]
     confidence: float = 0.95
+    detectable: float = math.nan
 
     def describe(self) -> str:
         """``mean 0.912 [0.905, 0.919] vs 0.861 [0.850, 0.872], diff +0.051, p = 0.002, g = 3.1, n = 5 vs 5``."""
@@ -169,7 +199,8 @@ def compare(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, pa
         diff = _mean(d)
         sd = math.sqrt(_var(d))
         lo, hi, t, p, dz = _test(diff, sd / math.sqrt(n), n - 1, sd, confidence)
-        return Comparison("paired t", sa, sb, diff, lo, hi, t, p, float(n - 1), dz, "d_z", confidence)
+        return Comparison("paired t", sa, sb, diff, lo, hi, t, p, float(n - 1), dz, "d_z", confidence,
+                          detectable_difference(sd / math.sqrt(n), n - 1, 1 - confidence))
     na, nb = x.size, y.size
     if na < 2 or nb < 2:
         return Comparison("welch t", sa, sb, diff, -math.inf, math.inf, nan, nan, nan, nan, "g", confidence)
@@ -180,7 +211,8 @@ def compare(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, pa
     pooled = math.sqrt(((na - 1) * va + (nb - 1) * vb) / m)
     lo, hi, t, p, d = _test(diff, se, df, pooled, confidence)
     j = math.exp(special.gammaln(m / 2) - special.gammaln((m - 1) / 2)) / math.sqrt(m / 2)
-    return Comparison("welch t", sa, sb, diff, lo, hi, t, p, df, j * d, "g", confidence)
+    return Comparison("welch t", sa, sb, diff, lo, hi, t, p, df, j * d, "g", confidence,
+                      detectable_difference(se, df, 1 - confidence))
 
 
 def _judge_compare(c: Comparison, direction: Literal["greater", "less"], alpha: float, min_effect: float,
@@ -206,7 +238,14 @@ def _judge_compare(c: Comparison, direction: Literal["greater", "less"], alpha: 
     reason = f"not significant (p = {c.p:.2g})"
     if min_effect > 0:
         reason += f" and the CI does not rule out an effect of {min_effect:g}"
-    return "inconclusive", reason
+    return "inconclusive", reason + _detectable_note(c.detectable, c.a.n if c.test == "paired t" else c.a.n + c.b.n,
+                                                     "pairs" if c.test == "paired t" else "values")
+
+
+def _detectable_note(detectable: float, n: int, unit: str) -> str:
+    if math.isnan(detectable):
+        return ""
+    return f"; at n = {n} {unit} it would detect a difference of {_fmt(detectable, 3)} {POWER:.0%} of the time"
 
 
 def verdict_compare(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
@@ -243,7 +282,9 @@ def _judge_threshold(s: Summary, op: Literal[">", "<"], threshold: float, min_n:
         return "supported", f"the whole {s.confidence:.0%} CI is {op} {threshold:g}"
     if (op == ">" and s.ci_high <= threshold) or (op == "<" and s.ci_low >= threshold):
         return "refuted", f"the whole {s.confidence:.0%} CI is on the other side of {threshold:g}"
-    return "inconclusive", f"the {s.confidence:.0%} CI contains {threshold:g}"
+    detectable = detectable_difference(s.sem, s.n - 1, 1 - s.confidence)
+    return "inconclusive", (f"the {s.confidence:.0%} CI contains {threshold:g}"
+                            + _detectable_note(detectable, s.n, "values"))
 
 
 def verdict_threshold(values: Sequence[float] | np.ndarray, op: Literal[">", "<"], threshold: float,

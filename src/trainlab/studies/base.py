@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import time
 from abc import ABC, abstractmethod
@@ -268,8 +269,20 @@ def threshold_result(values: Sequence[float], op: Literal[">", "<"], threshold: 
     """The claim "mean of ``what`` is ``op`` ``threshold``" decided by ``stats.verdict_threshold`` (95% t interval)."""
     ev = Evidence.threshold(what, values, op, threshold, min_n=min_n)
     s = ev.summary
-    return ClaimResult(ev.verdict, f"{what}: {s.describe()}; {ev.reason}.",
-                       {"mean": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n})
+    d = threshold_effect(s.mean, s.std, threshold)
+    effect = "" if math.isnan(d) else f", d = {d:.2g}"
+    return ClaimResult(ev.verdict, f"{what}: {s.describe()}{effect}; {ev.reason}.",
+                       {"mean": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n, "d": d})
+
+
+def threshold_effect(mean: float, std: float, threshold: float) -> float:
+    """A one-sample effect size: how many standard deviations the mean lies from the threshold (Cohen's d);
+    nan for one value (no std), +-inf or 0 for identical values."""
+    if math.isnan(std):
+        return math.nan
+    if std == 0:
+        return 0.0 if mean == threshold else math.copysign(math.inf, mean - threshold)
+    return (mean - threshold) / std
 
 
 def compare_result(a: Sequence[float], b: Sequence[float], direction: Literal["greater", "less"], what: str,
@@ -280,7 +293,8 @@ def compare_result(a: Sequence[float], b: Sequence[float], direction: Literal["g
     c = ev.comparison
     return ClaimResult(ev.verdict, f"{what}, {names[0]} vs {names[1]}: {c.describe()}; {ev.reason}.",
                        {f"{names[0]} mean": c.a.mean, f"{names[1]} mean": c.b.mean, "diff": c.diff,
-                        "diff ci_low": c.ci_low, "diff ci_high": c.ci_high, "p": c.p, c.effect_name: c.effect})
+                        "diff ci_low": c.ci_low, "diff ci_high": c.ci_high, "p": c.p, c.effect_name: c.effect,
+                        "n": c.a.n, "detectable diff": c.detectable})
 
 
 def joint(parts: Mapping[str, ClaimResult]) -> ClaimResult:
