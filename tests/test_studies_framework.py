@@ -260,6 +260,30 @@ def test_ablate_ranks_every_toggle_against_the_baseline(tmp_path):
     assert (tmp_path / "ablation.html").is_file()
 
 
+def test_ablation_effects_read_helps_hurts_or_no_detectable_effect():
+    from trainlab.studies import effect_word
+    from trainlab.studies.base import compare_result
+
+    baseline = [0.80, 0.82, 0.81, 0.79]
+    helps = compare_result([0.85, 0.88, 0.86, 0.84], baseline, "greater", "val_acc", ("v", "baseline"))
+    hurts = compare_result([0.70, 0.71, 0.72, 0.69], baseline, "greater", "val_acc", ("v", "baseline"))
+    unclear = compare_result([0.81, 0.80, 0.83, 0.78], baseline, "greater", "val_acc", ("v", "baseline"))
+    assert effect_word(helps) == "helps" and effect_word(hurts) == "hurts"
+    assert effect_word(unclear) == f"no detectable effect (|change| < {unclear.numbers['detectable diff']:.3g})"
+    assert effect_word(compare_result(baseline, baseline, "greater", "val_acc", ("v", "baseline"))) == "no effect"
+
+
+def test_ablate_ranks_on_validation_loss_when_accuracy_is_at_its_ceiling(tmp_path):
+    from trainlab.studies import ablate
+
+    easy = {**BASE, "data": {"dataset": {"name": "moons", "n_samples": 300, "noise": 0.0}, "batch_size": 32},
+            "model": {"name": "mlp", "depth": 2, "width": 32}, "optimizer": {"name": "adam", "lr": 0.02}, "epochs": 10}
+    outcome = ablate(easy, seeds=2, out=tmp_path, progress=False)
+    assert outcome.tables[0].title.startswith("Baseline val_loss:")
+    changes = [row[2] for row in outcome.tables[0].rows]
+    assert changes == sorted(changes)  # loss: the most helpful (most negative change) first
+
+
 def test_ablate_rejects_too_few_seeds_and_a_config_without_validation_split(tmp_path, train_calls):
     from trainlab.studies import ablate
 

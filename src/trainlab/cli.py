@@ -224,7 +224,7 @@ def report(folder: Path = typer.Argument(Path("reports"), help="A study output f
 @app.command()
 @user_errors
 def ablate(config: Path = typer.Argument(..., help="Your run config (YAML)."),
-           seeds: int = typer.Option(3, "--seeds", min=2, help="Seeds per variant (paired with the baseline)."),
+           seeds: int = typer.Option(10, "--seeds", min=2, help="Seeds per variant (paired with the baseline)."),
            set_: list[str] = typer.Option([], "--set", help="Override a config value: --set epochs=10."),
            out: Path = typer.Option(Path("ablation"), "--out", help="Report folder (runs cached in OUT/runs)."),
            quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:

@@ -166,12 +166,20 @@ def toggles(config: RunConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3, out: str | Path = "ablation",
+#: A baseline validation accuracy at or above this leaves no room to show an improvement: rank on validation loss.
+ACCURACY_CEILING = 0.98
+
+
+def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 10, out: str | Path = "ablation",
            progress: bool = True) -> StudyOutcome:
     """The user's config with each technique toggled in turn (``toggles``), ranked by the change of the validation
-    metric (accuracy, or loss for regression) against the unchanged config, paired over ``seeds`` seeds.
+    metric against the unchanged config, paired over ``seeds`` seeds.
 
-    Writes ``out/ablation.html`` (and an index) like a study; runs are cached in ``out/runs``.
+    The metric is validation accuracy, or validation loss for regression and when the baseline's mean validation
+    accuracy is at the ceiling (>= ``ACCURACY_CEILING``), where accuracy cannot show a gain. Each toggle reads
+    "helps" or "hurts" (a paired t-test significant at 5%) or "no detectable effect (|change| < x)", x being the
+    change the test would have found 80% of the time at this n. Writes ``out/ablation.html`` (and an index) like a
+    study; runs are cached in ``out/runs``.
     """
     import time
 
@@ -194,14 +202,16 @@ def ablate(config: str | Path | Mapping[str, Any] | RunConfig, *, seeds: int = 3
         ctx.progress = bars
         runs = ctx.train_arms(base, {"baseline": {}, **variants})
     metric = "val_acc" if "val_acc" in runs["baseline"][0].final else "val_loss"
+    if metric == "val_acc" and np.mean(finals(runs["baseline"], metric)) >= ACCURACY_CEILING:
+        metric = "val_loss"
     baseline = finals(runs.pop("baseline"), metric)
     claims, deltas, rows = _ranked(runs, baseline, metric)
     fig = bars_figure({label: deltas[label] for label, *_ in rows}, title=f"change of {metric} against the baseline",
                       ylabel=f"{metric} (variant - baseline)")
     figures = [ctx.figure(fig, "deltas", f"Paired change of {metric} per toggled technique: mean and 95% CI over "
                                          f"{seeds} seeds.")]
-    table = Table(f"Baseline {metric}: {np.mean(baseline):.4g}",
-                  ["variant", metric, "change", "95% CI of change", "verdict"], rows)
+    table = Table(f"Baseline {metric}: {np.mean(baseline):.4g} ({seeds} seeds)",
+                  ["variant", metric, "change", "95% CI of change", "effect"], rows)
     outcome = StudyOutcome("ablation", "Ablation: which technique helps this model",
                            "What does toggling each technique of this config do to its validation metric?",
                            "quick", ctx.seeds, claims, figures, [table], runtime_s=time.perf_counter() - start,
@@ -221,15 +231,27 @@ def _ranked(runs: Mapping[str, Sequence[Any]], baseline: list[float], metric: st
         values = finals(arm_runs, metric)
         result = compare_result(values, baseline, better, metric, (label, "baseline"))
         key = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
-        claims.append(ClaimOutcome(key, f"{label} improves {metric}.", result.verdict, result.evidence,
+        effect = effect_word(result)
+        claims.append(ClaimOutcome(key, f"{label}: {effect} ({metric}).", result.verdict, result.evidence,
                                    {k: float(v) for k, v in result.numbers.items()}))
         deltas[label] = [v - b for v, b in zip(values, baseline)]
         rows.append([label, float(np.mean(values)), float(np.mean(deltas[label])),
-                     f"[{result.numbers['diff ci_low']:+.4f}, {result.numbers['diff ci_high']:+.4f}]",
-                     result.verdict])
+                     f"[{result.numbers['diff ci_low']:+.4f}, {result.numbers['diff ci_high']:+.4f}]", effect])
     sign = 1 if better == "greater" else -1
     order = sorted(range(len(rows)), key=lambda i: -sign * rows[i][2])
     return [claims[i] for i in order], deltas, [rows[i] for i in order]
+
+
+def effect_word(result: ClaimResult) -> str:
+    """What a toggle does, from the paired test of "it improves the metric": ``helps`` (supported), ``hurts``
+    (significant the other way), else ``no detectable effect (|change| < x)`` with x the change the test would have
+    detected 80% of the time (or ``no effect`` when every seed gave the same value)."""
+    if result.verdict == "supported":
+        return "helps"
+    if result.numbers["p"] < 0.05 and result.verdict == "refuted":
+        return "hurts"
+    detectable = result.numbers["detectable diff"]
+    return "no effect" if detectable == 0 else f"no detectable effect (|change| < {detectable:.3g})"
 
 
 @contextmanager
