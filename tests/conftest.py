@@ -33,3 +33,26 @@ def _data_cache(tmp_path_factory):
 
     trainlab.data.DATA_CACHE = tmp_path_factory.mktemp("data-cache")
     yield
+
+
+@pytest.fixture
+def train_calls(monkeypatch):
+    """The config of every run trained from here on, one by one (``runs.train``) or as a batch of seeds."""
+    import trainlab.batched
+    import trainlab.runs
+    from trainlab.config import load_config
+
+    calls = []
+    real, real_batch = trainlab.runs.train, trainlab.batched.train_replicas
+
+    def counting(config, *args, **kwargs):
+        calls.append(config)
+        return real(config, *args, **kwargs)
+
+    def counting_batch(config, seeds, *args, **kwargs):
+        calls.extend(load_config(config, {"seed": s}) for s in seeds)
+        return real_batch(config, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(trainlab.runs, "train", counting)
+    monkeypatch.setattr(trainlab.batched, "train_replicas", counting_batch)
+    return calls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import trainlab.batched
 import trainlab.runs
 from trainlab.studies import make_context
 
@@ -18,6 +19,7 @@ def assert_rerun_is_cached(study: Any, outcome: Any, monkeypatch: Any, module: A
 
     monkeypatch.setattr(module, compute, nothing_new)
     monkeypatch.setattr(trainlab.runs, "train", nothing_new)
+    monkeypatch.setattr(trainlab.batched, "train_replicas", nothing_new)
     ctx = make_context(study, mode="smoke", **context)
     results = study.measure(ctx)
     assert (ctx.runs_trained, ctx.runs_cached) == (0, cached_runs)

@@ -53,19 +53,6 @@ class FakeStudy(Study[Budget]):
         return [ctx.figure(fig, "loss", "loss")], [Table("losses", ["arm", "train loss"], rows)]
 
 
-@pytest.fixture
-def train_calls(monkeypatch):
-    calls = []
-    real = trainlab.runs.train
-
-    def counting(config, *args, **kwargs):
-        calls.append(config)
-        return real(config, *args, **kwargs)
-
-    monkeypatch.setattr(trainlab.runs, "train", counting)
-    return calls
-
-
 def test_arms_times_seeds_are_trained_once_then_loaded_from_the_store(tmp_path, train_calls):
     study = FakeStudy()
     ctx = make_context(study, mode="quick", out=tmp_path)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-import trainlab.runs
 from trainlab.config import load_config
 from trainlab.studies import STUDIES, make_context, run_study
 from trainlab.studies.model_size import (ParameterCount, SizeResults, claim_fit_more, claim_overfit_small,
@@ -85,10 +84,8 @@ def test_parameter_count_is_weights_plus_biases():
 
 
 @pytest.mark.slow
-def test_on_three_seeds_bigger_nets_fit_more_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
-    calls = []
-    real = trainlab.runs.train
-    monkeypatch.setattr(trainlab.runs, "train", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
+def test_on_three_seeds_bigger_nets_fit_more_and_a_second_run_trains_nothing(tmp_path, monkeypatch, train_calls):
+    calls = train_calls
     size = STUDIES["model_size"]
     # Digits: 1797 samples, 20% test and 10% of the rest validation leave 1293 to train on.
     budget = dataclasses.replace(size.smoke, seeds=3, widths=(4, 64), small_epochs=10)

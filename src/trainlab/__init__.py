@@ -26,6 +26,8 @@ _EXPORTS = {
     "probe_forward": "trainlab.diagnostics", "find_problems": "trainlab.diagnostics",
     "run_studies": "trainlab.studies", "run_study": "trainlab.studies", "ablate": "trainlab.studies",
     "STUDIES": "trainlab.studies", "lr_range_test": "trainlab.lr_range",
+    "train_replicas": "trainlab.batched", "train_sequentially": "trainlab.batched", "can_batch": "trainlab.batched",
+    "ReplicaResult": "trainlab.batched",
     # Every registry (INITIALIZERS, OPTIMIZERS, ...), from the one list in registry.py.
     **{name: module for module, name in REGISTRIES.values()},
 }

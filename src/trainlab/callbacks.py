@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -40,7 +40,12 @@ class Callback:
 
     ``trainer.loss`` is a tensor on the device; reading it as a number (``.item()``) costs a host sync, so a callback
     that does it every step makes every step wait for the device.
+
+    ``per_replica`` says that the callback works on one replica of a batch (``trainlab.batched``): it reads only the
+    trainer's loss, metrics, gradients, model and data, never its optimizer, schedule or forward hooks.
     """
+
+    per_replica: ClassVar[bool] = False
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def on_epoch_start(self, trainer: Trainer) -> None: ...
@@ -54,6 +59,21 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def fire(callbacks: Sequence[Callback], trainer: Trainer, event: str) -> StopTraining | None:
+    """Run ``event`` on every callback, in order, and return the first ``StopTraining`` raised (None if none).
+
+    Every callback sees the event before a stop takes effect, so the epoch that ends training is still logged,
+    shown and checkpointed; the first callback's reason wins.
+    """
+    stop: StopTraining | None = None
+    for cb in callbacks:
+        try:
+            getattr(cb, event)(trainer)
+        except StopTraining as e:
+            stop = stop or e
+    return stop
 
 
 def improved(current: float, best: float, mode: str, min_delta: float) -> bool:
@@ -117,6 +137,8 @@ class EarlyStopping(Callback):
     Takes the fields of ``EarlyStoppingConfig`` (its defaults and checks are the only ones), or one such config.
     """
 
+    per_replica = True
+
     def __init__(self, config: EarlyStoppingConfig | None = None, **fields: Any):
         if config is not None and fields:
             raise TypeError(f"EarlyStopping takes an EarlyStoppingConfig or its fields, not both. "
@@ -157,6 +179,8 @@ class NonFiniteGuard(Callback):
     Checking every step would force a host sync per step; a diverged run is caught within ``every_steps`` steps.
     """
 
+    per_replica = True
+
     def __init__(self, every_steps: int = 25):
         if every_steps < 1:
             raise ValueError(f"The 'every_steps' parameter of NonFiniteGuard must be >= 1. Got {every_steps} instead.")
@@ -179,6 +203,8 @@ class NonFiniteGuard(Callback):
 class GradClip(Callback):
     """Rescale gradients so their global L2 norm is at most ``max_norm`` (Pascanu et al. 2013)."""
 
+    per_replica = True
+
     def __init__(self, max_norm: float):
         if not max_norm > 0:
             raise ValueError(f"The 'max_norm' parameter of GradClip must be > 0. Got {max_norm} instead.")
@@ -190,6 +216,8 @@ class GradClip(Callback):
 
 class GradientNoise(Callback):
     """Add N(0, eta / (1 + t)^0.55) to every gradient (annealed gradient noise, Neelakantan et al. 2015)."""
+
+    per_replica = True
 
     def __init__(self, eta: float, generator: torch.Generator):
         self.eta, self.generator = eta, generator
@@ -210,6 +238,8 @@ class GradientNoise(Callback):
 
 class WeightNoise(Callback):
     """Perturb weights with N(0, std^2) for each step's forward and backward, then restore them (Graves 2011)."""
+
+    per_replica = True
 
     def __init__(self, std: float, generator: torch.Generator):
         self.std, self.generator = std, generator
@@ -238,6 +268,8 @@ class WeightNoise(Callback):
 
 class History(Callback):
     """Write the per-epoch metrics to ``path`` (CSV) after every epoch, atomically."""
+
+    per_replica = True
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,13 +23,14 @@ import torch
 import yaml
 from torch import nn
 
-from trainlab.callbacks import Callback, Checkpoint, History, Progress
-from trainlab.checkpoints import atomic_write_text, load_checkpoint
+from trainlab.callbacks import Callback, Checkpoint, History, Progress, write_history_csv
+from trainlab.checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
 from trainlab.config import RunConfig, load_config, require_config
 from trainlab.registry import ConfigError
 
 if TYPE_CHECKING:
-    from trainlab.trainer import Trainer
+    from trainlab.batched import ReplicaResult
+    from trainlab.data import Data
 
 
 @dataclass
@@ -59,7 +63,7 @@ def config_hash(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_metadata(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
+def run_metadata(config: RunConfig, data: Data) -> dict[str, Any]:
     import numpy
 
     import trainlab
@@ -67,7 +71,7 @@ def run_metadata(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
     return {"seed": config.seed, "config_hash": config_hash(config), "trainlab": trainlab.__version__,
             "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "device": config.device,
-            "input_shape": list(trainer.data.input_shape), "num_outputs": trainer.data.num_outputs}
+            "input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
 
 
 def _json(obj: Any) -> str:
@@ -105,7 +109,7 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *,
     trainer = build_trainer(config, run_callbacks, model=model)
     if out is not None:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        atomic_write_text(out / "meta.json", _json(run_metadata(config, trainer)))
+        atomic_write_text(out / "meta.json", _json(run_metadata(config, trainer.data)))
     if checkpoint_state is not None:
         trainer.load_state_dict(checkpoint_state["trainer"])
     final = trainer.fit()
@@ -113,7 +117,7 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *,
     if out is not None:
         atomic_write_text(out / "summary.json", _json({"final": final, "extras": trainer.extras,
                                                        "history": trainer.history,
-                                                       **run_metadata(config, trainer)}))
+                                                       **run_metadata(config, trainer.data)}))
     return result
 
 
@@ -122,6 +126,9 @@ def _resumable(out: Path, config: RunConfig) -> dict[str, Any]:
     if state.get("config_hash") != config_hash(config):
         raise ConfigError(f"The checkpoint in {str(out)!r} was written by a different config "
                           f"(hash {state.get('config_hash')}, this one {config_hash(config)}); resume needs the same.")
+    if "optimizer" not in state["trainer"]:
+        raise ConfigError(f"The run in {str(out)!r} was trained in a batch of replicas and is finished; its "
+                          f"checkpoint holds the weights only, so there is nothing to resume.")
     return state
 
 
@@ -148,6 +155,19 @@ def load_model(run_dir: str | Path) -> nn.Module:
     model = config.model.build(tuple(meta["input_shape"]), meta["num_outputs"])
     model.load_state_dict(state["trainer"]["model"])
     return model.eval()
+
+
+def _why_not_batched(configs: Sequence[RunConfig], callbacks_for: Callable[[RunConfig], Sequence[Callback]]) -> str:
+    """Why these configs cannot train as one batch of replicas, or ``""`` when they can."""
+    from trainlab.batched import can_batch
+
+    if len({config_hash(load_config(c, {"seed": 0})) for c in configs}) > 1:
+        return "the configs differ in more than their seed"
+    for config in configs:
+        ok, why = can_batch(config, callbacks_for(config))
+        if not ok:
+            return why
+    return ""
 
 
 class Store:
@@ -177,3 +197,64 @@ class Store:
             return result
         return train(config, out, callbacks=callbacks, progress=progress, keep_model=keep_model,
                      resume=(out / "checkpoint.pt").is_file(), description=description)
+
+    def run_many(self, configs: Sequence[RunConfig],
+                 callbacks_for: Callable[[RunConfig], Sequence[Callback]] | None = None,
+                 on_done: Callable[[RunResult, bool], None] | None = None) -> tuple[list[RunResult], str]:
+        """The stored results of ``configs``, in order, training those not stored yet; and why the new ones were not
+        trained as one batch (``""`` when they were, or when at most one was new).
+
+        New configs that differ only in their seed train as one batch of replicas (``batched.train_replicas``,
+        equal to training them one by one) when ``batched.can_batch`` allows; the others as ``run`` trains them
+        (an interrupted run resumes). ``callbacks_for(config)`` gives a run's callbacks; ``on_done(result, cached)``
+        is called as each result is ready.
+        """
+        callbacks_for = callbacks_for or (lambda config: [])
+        done = on_done or (lambda result, cached: None)
+        fresh = [i for i, c in enumerate(configs) if not self.run_dir(require_config(c, "Store.run_many")).exists()]
+        why = _why_not_batched([configs[i] for i in fresh], callbacks_for) if len(fresh) > 1 else ""
+        batch = fresh if len(fresh) > 1 and not why else []
+        results: dict[int, RunResult] = {}
+        for i, config in enumerate(configs):
+            if i not in batch:
+                cached = self.has(config)
+                results[i] = self.run(config, callbacks=callbacks_for(config))
+                done(results[i], cached)
+        for i, result in zip(batch, self._train_batch([configs[i] for i in batch], callbacks_for)):
+            results[i] = result
+            done(result, False)
+        return [results[i] for i in range(len(configs))], why
+
+    def _train_batch(self, configs: list[RunConfig], callbacks_for: Callable[[RunConfig], Sequence[Callback]]
+                     ) -> list[RunResult]:
+        if not configs:
+            return []
+        from trainlab.batched import train_replicas
+        from trainlab.data import load_data
+
+        by_seed = {c.seed: c for c in configs}
+        data = load_data(configs[0].data)
+        replicas = train_replicas(configs[0], list(by_seed), lambda seed: callbacks_for(by_seed[seed]), data=data)
+        return [self._store_finished(by_seed[r.seed], data, r) for r in replicas]
+
+    def _store_finished(self, config: RunConfig, data: Data, replica: ReplicaResult) -> RunResult:
+        """Write a run trained as a batch replica as a finished run directory, all at once: the files go to a
+        temporary sibling folder that is then renamed, so a crash never leaves a half-written run."""
+        out = self.run_dir(config)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        resolved, meta = config.model_dump(mode="json"), run_metadata(config, data)
+        try:
+            atomic_write_text(tmp / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            atomic_write_text(tmp / "meta.json", _json(meta))
+            write_history_csv(tmp / "history.csv", replica.history)
+            save_checkpoint(tmp / "checkpoint.pt", {
+                "config": resolved, "config_hash": config_hash(config), "finished": True,
+                "trainer": {"model": replica.model.state_dict()}, "stopped_reason": replica.final["stopped_reason"]})
+            atomic_write_text(tmp / "summary.json", _json({"final": replica.final, "extras": replica.extras,
+                                                           "history": replica.history, **meta}))
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return RunResult(resolved, replica.history, replica.final, replica.extras, out)

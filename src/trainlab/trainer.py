@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from trainlab.callbacks import Callback, StopTraining
+from trainlab.callbacks import Callback, StopTraining, fire
 from trainlab.data import Data, DataConfig
 from trainlab.registry import ConfigError, suggest
 
@@ -143,14 +143,7 @@ class Trainer:
         return final
 
     def _fire(self, event: str) -> None:
-        # Every callback sees the event before a stop takes effect, so the epoch that ends training is still
-        # logged, shown and checkpointed; the first callback's reason wins.
-        stop: StopTraining | None = None
-        for cb in self.callbacks:
-            try:
-                getattr(cb, event)(self)
-            except StopTraining as e:
-                stop = stop or e
+        stop = fire(self.callbacks, self, event)
         if stop is not None:
             raise stop
 

@@ -115,6 +115,7 @@ class StudyContext(Generic[B]):
     progress: Any = None
     runs_trained: int = 0
     runs_cached: int = 0
+    notes: set[str] = field(default_factory=set)
 
     def figure(self, fig: Any, name: str, caption: str) -> FigureRef:
         """Save a matplotlib figure as ``figures/<study>/<name>.png`` (closing it) and reference it."""
@@ -168,19 +169,25 @@ class StudyContext(Generic[B]):
         seeds = list(self.seeds if seeds is None else seeds)
         results: dict[str, list[RunResult]] = {}
         for arm, overrides in arms.items():
-            results[arm] = []
+            configs = [self.run_config(base, overrides, seed, use_data_override) for seed in seeds]
             with self.task(f"{self.study} · {arm}", len(seeds)) as advance:
-                for seed in seeds:
-                    config = self.run_config(base, overrides, seed, use_data_override)
-                    cached = self.store.has(config)
-                    callbacks = list(callbacks_factory(arm, seed)) if callbacks_factory else []
-                    results[arm].append(self.store.run(config, callbacks=callbacks))
-                    if cached:
-                        self.runs_cached += 1
-                    else:
-                        self.runs_trained += 1
+
+                def done(result: RunResult, cached: bool) -> None:
+                    self.runs_cached += cached
+                    self.runs_trained += not cached
                     advance()
+
+                callbacks_for = (lambda c, a=arm: list(callbacks_factory(a, c.seed))) if callbacks_factory else None
+                results[arm], why = self.store.run_many(configs, callbacks_for, done)
+            self.note(f"{self.study}: its runs train one by one, not as a batch of seeds: {why}." if why else "")
         return results
+
+    def note(self, message: str) -> None:
+        """Say ``message`` once per study (on the progress display; silent without one)."""
+        if message and message not in self.notes:
+            self.notes.add(message)
+            if self.progress is not None:
+                self.progress.console.print(message, highlight=False)
 
     def cached(self, name: str, params: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]]
                ) -> dict[str, Any]:

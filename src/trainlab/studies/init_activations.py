@@ -100,6 +100,8 @@ class SymmetryProbe(Callback):
     """At the end of training, stores in ``extras``: the largest difference between two units' incoming weights
     (``row_spread``, 0 when every unit of every hidden layer is identical) and the majority-class accuracy."""
 
+    per_replica = True
+
     def on_fit_end(self, trainer: Any) -> None:
         weights = [m.weight.detach() for m in trainer.model.modules() if isinstance(m, nn.Linear)]
         # The output layer is left out: its rows are the classes, which differ from the first step on.

@@ -35,6 +35,8 @@ class TrainEval(Callback):
     running statistics), with the final weights (the best ones where early stopping restored them, since the
     standard callbacks come first)."""
 
+    per_replica = True
+
     def on_fit_end(self, trainer: Any) -> None:
         trainer.extras[TRAIN_EVAL] = trainer.evaluate("train")
 
@@ -48,6 +50,8 @@ class StepLoss(Callback):
     """Stores the training loss of every step, in order, in ``extras["step_loss"]`` (a run stopped early, e.g. by
     the non-finite guard, has fewer; its last loss may be ``nan`` or ``inf``). The loss is the one backpropagated:
     the data loss plus any penalties. The losses stay on the device until fit end: no host sync per step."""
+
+    per_replica = True
 
     def on_fit_start(self, trainer: Any) -> None:
         self.losses: list[torch.Tensor] = []

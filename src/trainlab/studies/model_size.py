@@ -61,6 +61,8 @@ class SizeBudget(Budget):
 class ParameterCount(Callback):
     """Puts the model's parameter count in ``extras["parameters"]`` at fit end."""
 
+    per_replica = True
+
     def on_fit_end(self, trainer: Any) -> None:
         trainer.extras["parameters"] = count_parameters(trainer.model)
 
