@@ -13,24 +13,21 @@ from trainlab.registry import REGISTRIES
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "RunConfig": "trainlab.config", "load_config": "trainlab.config", "ConfigError": "trainlab.registry",
-    "Trainer": "trainlab.trainer", "build_trainer": "trainlab.trainer",
-    "train": "trainlab.runs", "Store": "trainlab.runs", "RunResult": "trainlab.runs",
-    "load_result": "trainlab.runs", "load_model": "trainlab.runs",
-    "Callback": "trainlab.callbacks", "StopTraining": "trainlab.callbacks", "EarlyStopping": "trainlab.callbacks",
-    "EarlyStoppingConfig": "trainlab.callbacks",
-    "DataConfig": "trainlab.data", "Data": "trainlab.data", "load_data": "trainlab.data",
-    "split_sizes": "trainlab.data", "steps_per_epoch": "trainlab.data",
-    "diagnose": "trainlab.diagnostics", "doctor": "trainlab.diagnostics", "Diagnostics": "trainlab.diagnostics",
-    "probe_forward": "trainlab.diagnostics", "find_problems": "trainlab.diagnostics",
-    "run_studies": "trainlab.studies", "run_study": "trainlab.studies", "ablate": "trainlab.studies",
-    "STUDIES": "trainlab.studies", "lr_range_test": "trainlab.lr_range",
-    "train_replicas": "trainlab.batched", "train_sequentially": "trainlab.batched", "can_batch": "trainlab.batched",
-    "ReplicaResult": "trainlab.batched",
-    # Every registry (INITIALIZERS, OPTIMIZERS, ...), from the one list in registry.py.
-    **{name: module for module, name in REGISTRIES.values()},
+_PUBLIC = {
+    "trainlab.config": ("RunConfig", "load_config"),
+    "trainlab.registry": ("ConfigError",),
+    "trainlab.trainer": ("Trainer", "build_trainer"),
+    "trainlab.runs": ("train", "Store", "RunResult", "load_result", "load_model"),
+    "trainlab.callbacks": ("Callback", "StopTraining", "EarlyStopping", "EarlyStoppingConfig"),
+    "trainlab.data": ("DataConfig", "Data", "load_data", "split_sizes", "steps_per_epoch"),
+    "trainlab.diagnostics": ("diagnose", "doctor", "Diagnostics", "probe_forward", "find_problems"),
+    "trainlab.studies": ("run_studies", "run_study", "ablate", "STUDIES"),
+    "trainlab.lr_range": ("lr_range_test",),
+    "trainlab.batched": ("train_replicas", "train_sequentially", "can_batch", "ReplicaResult"),
 }
+# Every registry (INITIALIZERS, OPTIMIZERS, ...) comes from the one list in registry.py.
+_EXPORTS = {**{name: module for module, names in _PUBLIC.items() for name in names},
+            **{name: module for module, name in REGISTRIES.values()}}
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -214,7 +214,19 @@ class GradClip(Callback):
         torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), self.max_norm, foreach=True)
 
 
-class GradientNoise(Callback):
+class _SeededNoise(Callback):
+    """A callback drawing from its own generator, whose state a checkpoint keeps (so a resumed run draws on)."""
+
+    generator: torch.Generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class GradientNoise(_SeededNoise):
     """Add N(0, eta / (1 + t)^0.55) to every gradient (annealed gradient noise, Neelakantan et al. 2015)."""
 
     per_replica = True
@@ -229,14 +241,8 @@ class GradientNoise(Callback):
                 noise = torch.randn(p.grad.shape, generator=self.generator, dtype=p.grad.dtype)
                 p.grad.add_(noise.to(p.grad.device), alpha=std)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-
-
-class WeightNoise(Callback):
+class WeightNoise(_SeededNoise):
     """Perturb weights with N(0, std^2) for each step's forward and backward, then restore them (Graves 2011)."""
 
     per_replica = True
@@ -258,12 +264,6 @@ class WeightNoise(Callback):
             for p, noise in zip(trainer.model.parameters(), self._noise):
                 p.sub_(noise)
         self._noise = []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class History(Callback):
