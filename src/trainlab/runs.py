@@ -2,8 +2,9 @@
 
 A run directory holds ``config.yaml`` (the resolved config), ``meta.json`` (seed, versions, threads, device, and the
 model's input shape and output count, so ``load_model`` rebuilds it without loading data),
-``history.csv`` (per-epoch metrics), ``checkpoint.pt`` (full training state, for resume) and, once finished,
-``summary.json`` (final metrics, extras and the history). A run without ``summary.json`` is unfinished.
+``history.csv`` (per-epoch metrics), ``checkpoint.pt`` (full training state, for resume; the weights alone for a
+run trained in a batch of seeds, which is written whole once finished) and, once finished, ``summary.json`` (final
+metrics, extras and the history). A run without ``summary.json`` is unfinished.
 """
 
 from __future__ import annotations
