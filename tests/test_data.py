@@ -347,3 +347,90 @@ def test_mnist1d_is_generated_once_and_then_read_from_the_cache(tmp_path, monkey
     with np.load(cached) as f:
         assert np.array_equal(f["x"], generated[0])
     data._mnist1d_arrays.cache_clear()
+
+
+# --- arrays in memory -----------------------------------------------------------------------------------------------
+
+def _same_data(a: Data, b: Data) -> None:
+    for split in ("train", "val", "test"):
+        for kind in ("x", "y"):
+            torch.testing.assert_close(getattr(a, f"{kind}_{split}"), getattr(b, f"{kind}_{split}"), rtol=0, atol=0)
+    assert (a.task, a.num_classes, a.class_names) == (b.task, b.num_classes, b.class_names)
+
+
+@pytest.mark.parametrize("labels", ["int", "negative", "float"])
+def test_arrays_split_and_preprocess_exactly_as_the_npz_dataset(tmp_path, labels):
+    from trainlab.data import data_from_arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 2, 3)) * 5 + 1
+    y = {"int": np.arange(90) % 3, "negative": np.arange(90) % 3 - 1, "float": rng.normal(size=90)}[labels]
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    fields = {"val_fraction": 0.2, "test_fraction": 0.25, "split_seed": 3, "train_size": 30,
+              "augment": [Shift(max_shift=1)]}
+    from_file = load_data(DataConfig(dataset={"name": "npz", "path": str(tmp_path / "xy.npz")}, **fields))
+    cfg = DataConfig(**fields)
+    _same_data(data_from_arrays(x, y, cfg), from_file)
+    _same_data(Data.from_arrays(torch.from_numpy(x), torch.from_numpy(y), cfg), from_file)
+    assert from_file.augment == [Shift(max_shift=1)] and len(from_file.x_train) == 30
+    # train_index points at the training samples, so the preprocessing reproduces x_train from x
+    picked = x.astype(np.float32)[from_file.train_index.numpy()]
+    np.testing.assert_array_equal(from_file.fitted.transform(picked), from_file.x_train.numpy())
+
+
+def test_arrays_with_a_test_split_match_the_npz_dataset(tmp_path):
+    from trainlab.data import data_from_arrays
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 4)), np.arange(40) % 2
+    np.savez(tmp_path / "split.npz", x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    cfg = DataConfig(val_fraction=0.2)
+    from_file = load_data(cfg.model_copy(update={"dataset": Npz(path=str(tmp_path / "split.npz"))}))
+    _same_data(data_from_arrays(x[:30], y[:30], cfg, x_test=x[30:], y_test=y[30:]), from_file)
+    regression = data_from_arrays(x, y, cfg, task="regression")
+    assert regression.task == "regression" and regression.y_train.shape[1] == 1
+
+
+def test_load_data_is_unchanged_by_the_shared_path():
+    cfg = DataConfig(dataset={"name": "wine"}, val_fraction=0.1, test_fraction=0.2, split_seed=5)
+    raw = cfg.dataset.load()
+    from sklearn.model_selection import train_test_split
+
+    x, x_test, y, _ = train_test_split(raw.x_train, raw.y_train, test_size=0.2, stratify=raw.y_train, random_state=5)
+    x_train, _, _, _ = train_test_split(x, y, test_size=0.1, stratify=y, random_state=5)
+    data = load_data(cfg)
+    np.testing.assert_array_equal(data.x_train.numpy(), Standardize().fit(x_train).transform(x_train))
+    np.testing.assert_array_equal(data.x_test.numpy(), Standardize().fit(x_train).transform(x_test))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"y": np.zeros(9)}, "'x' and 'y' of data_from_arrays must have the same number of samples. Got 10 and 9"),
+    ({"x": np.array([["a"]] * 10)}, "'x' of data_from_arrays must be numeric"),
+    ({"x": np.full((10, 2), np.nan)}, "'x' of data_from_arrays must hold finite numbers"),
+    ({"y": np.full(10, np.inf)}, r"targets of data_from_arrays \(argument 'y'\) must be finite"),
+    ({"x_test": np.zeros((3, 2))}, "'x_test' and 'y_test' arguments of data_from_arrays must be given together"),
+    ({"x_test": np.zeros((3, 2)), "y_test": np.zeros(2)}, "'x_test' and 'y_test' .* same number of samples"),
+    ({"x_test": np.zeros((3, 5)), "y_test": np.zeros(3)}, "'x' and 'x_test' .* same sample shape"),
+    ({"task": "ranking"}, "'task' argument of data_from_arrays must be one of"),
+])
+def test_array_errors_name_the_argument(kwargs, match):
+    from trainlab.data import data_from_arrays
+
+    args = {"x": np.zeros((10, 2)), "y": np.arange(10) % 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        data_from_arrays(cfg=DataConfig(), **args)
+
+
+def test_train_records_that_its_data_came_from_arrays(tmp_path):
+    import json
+
+    from trainlab.config import load_config
+    from trainlab.data import data_from_arrays
+    from trainlab.runs import train
+
+    config = load_config({"epochs": 1, "model": {"name": "mlp", "width": 4, "depth": 1}})
+    x, y = np.random.default_rng(0).normal(size=(50, 3)), np.arange(50) % 2
+    result = train(config, tmp_path / "run", data=data_from_arrays(x, y, config.data))
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["data"] == "arrays"
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["input_shape"] == [3]
+    assert len(result.history) == 1

@@ -3,6 +3,7 @@
 A dataset spec loads raw numpy arrays (``RawData``); ``load_data(DataConfig)`` splits them (stratified for
 classification), fits the preprocessor on the training split only, and returns ``Data``: float32 tensors that
 yield seeded, augmented training batches without a DataLoader (the sets here fit in memory many times over).
+``data_from_arrays`` does the same for arrays or tensors already in memory (one code path, ``prepare_data``).
 """
 
 from __future__ import annotations
@@ -542,6 +543,15 @@ class Data:
     augment: list[Augmentation] = dataclasses.field(default_factory=list)
     feature_names: list[str] | None = None
     class_names: list[str] | None = None
+    train_index: Tensor | None = None  # positions of the training samples in the arrays they were split from
+    fitted: Fitted | None = None  # the preprocessing fitted by load_data / data_from_arrays, for new inputs
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray | Tensor, y: np.ndarray | Tensor, cfg: DataConfig,
+                    x_test: np.ndarray | Tensor | None = None, y_test: np.ndarray | Tensor | None = None,
+                    task: Literal["auto", "classification", "regression"] = "auto") -> Data:
+        """``data_from_arrays(x, y, cfg, x_test, y_test, task)``: arrays in memory, split as ``load_data`` does."""
+        return data_from_arrays(x, y, cfg, x_test, y_test, task)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -627,23 +637,103 @@ def _check_train_size(train_size: int, available: int) -> None:
 
 def load_data(cfg: DataConfig) -> Data:
     """Load, split (stratified for classification), subsample, preprocess and convert to tensors."""
-    raw = cfg.dataset.load()
+    return prepare_data(cfg.dataset.load(), cfg)
+
+
+def data_from_arrays(x: np.ndarray | Tensor, y: np.ndarray | Tensor, cfg: DataConfig,
+                     x_test: np.ndarray | Tensor | None = None, y_test: np.ndarray | Tensor | None = None,
+                     task: Literal["auto", "classification", "regression"] = "auto") -> Data:
+    """``Data`` from arrays or tensors in memory, split and preprocessed exactly as ``load_data`` does a dataset.
+
+    ``x`` is ``(N, ...)``, ``y`` is ``(N,)`` labels or ``(N,)``/``(N, k)`` targets, read as the ``npz`` dataset
+    reads its keys ``x``/``y`` (``x_train``/``y_train`` with ``x_test``/``y_test``). Without test arrays
+    ``cfg.test_fraction`` of the samples is held out for test; ``cfg.dataset`` is not used.
+    """
+    return prepare_data(raw_from_arrays(x, y, x_test, y_test, task), cfg)
+
+
+_TASKS = ("auto", "classification", "regression")
+
+
+def _array(value: object, key: str) -> np.ndarray:
+    """A numpy view of an array-like (tensors are detached and moved to the CPU first)."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"The {key!r} argument of data_from_arrays must be an array or a tensor. "
+                        f"Got {type(value).__name__} ({e}) instead.") from None
+
+
+def _finite_inputs(value: object, key: str) -> np.ndarray:
+    x = _inputs(_array(value, key), "data_from_arrays", key)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"The array {key!r} of data_from_arrays must hold finite numbers. Got NaN or inf "
+                         f"(or a value beyond float32's range) instead.")
+    return x
+
+
+def raw_from_arrays(x: np.ndarray | Tensor, y: np.ndarray | Tensor, x_test: np.ndarray | Tensor | None = None,
+                    y_test: np.ndarray | Tensor | None = None, task: str = "auto") -> RawData:
+    """``RawData`` from arrays in memory, checked as the ``npz`` dataset checks its arrays, plus finite inputs."""
+    if task not in _TASKS:
+        raise ValueError(f"The 'task' argument of data_from_arrays must be one of {list(_TASKS)}. "
+                         f"Got {task!r} instead.")
+    if (x_test is None) != (y_test is None):
+        raise ValueError(f"The 'x_test' and 'y_test' arguments of data_from_arrays must be given together. "
+                         f"Got x_test={'None' if x_test is None else 'an array'} and "
+                         f"y_test={'None' if y_test is None else 'an array'} instead.")
+    pairs = [("x", "y")] + ([("x_test", "y_test")] if x_test is not None else [])
+    given = {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
+    xs = [_finite_inputs(given[kx], kx) for kx, _ in pairs]
+    ys = [_array(given[ky], ky) for _, ky in pairs]
+    for xa, ya, (kx, ky) in zip(xs, ys, pairs):
+        if ya.ndim < 1 or len(xa) != len(ya):
+            raise ValueError(f"The arguments {kx!r} and {ky!r} of data_from_arrays must have the same number of "
+                             f"samples. Got {len(xa)} and {len(ya) if ya.ndim else 'a scalar'} instead.")
+    if len(xs) == 2 and xs[0].shape[1:] != xs[1].shape[1:]:
+        raise ValueError(f"The arguments 'x' and 'x_test' of data_from_arrays must have the same sample shape. "
+                         f"Got {xs[0].shape[1:]} and {xs[1].shape[1:]} instead.")
+    owner = "data_from_arrays (arguments 'y' and 'y_test')" if len(ys) == 2 else "data_from_arrays (argument 'y')"
+    y_all, task, num_classes, names = _targets(np.concatenate(ys), task, owner)
+    n = len(ys[0])
+    if len(xs) == 2:
+        return RawData(xs[0], y_all[:n], xs[1], y_all[n:], task, num_classes, class_names=names)
+    return RawData(xs[0], y_all, None, None, task, num_classes, class_names=names)
+
+
+def _split_indices(raw: RawData, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Positions in ``raw.x_train`` of the (train, val, test) splits; test is None when the set has its own.
+
+    Splitting positions rather than the arrays draws the same permutation (it depends on the labels only).
+    """
     stratify = raw.task == "classification"
-    x, y = raw.x_train, raw.y_train
+    index, y = np.arange(len(raw.y_train)), raw.y_train
+    test = None
     if raw.x_test is None:
-        x, x_test, y, y_test = _split(x, y, cfg.test_fraction, stratify, cfg.split_seed,
-                                      f"a test split of test_fraction={cfg.test_fraction}")
-    else:
-        x_test, y_test = raw.x_test, raw.y_test
-    x_train, x_val, y_train, y_val = _split(x, y, cfg.val_fraction, stratify, cfg.split_seed,
-                                            f"a validation split of val_fraction={cfg.val_fraction}")
+        index, test, y, _ = _split(index, y, cfg.test_fraction, stratify, cfg.split_seed,
+                                   f"a test split of test_fraction={cfg.test_fraction}")
+    train, val, y_train, _ = _split(index, y, cfg.val_fraction, stratify, cfg.split_seed,
+                                    f"a validation split of val_fraction={cfg.val_fraction}")
     if cfg.train_size is not None:
-        _check_train_size(cfg.train_size, len(x_train))
-        if cfg.train_size < len(x_train):
-            x_train, _, y_train, _ = _split(x_train, y_train, len(x_train) - cfg.train_size, stratify,
-                                            cfg.split_seed, f"a training subset of train_size={cfg.train_size}")
+        _check_train_size(cfg.train_size, len(train))
+        if cfg.train_size < len(train):
+            train, _, _, _ = _split(train, y_train, len(train) - cfg.train_size, stratify,
+                                    cfg.split_seed, f"a training subset of train_size={cfg.train_size}")
+    return train, val, test
+
+
+def prepare_data(raw: RawData, cfg: DataConfig) -> Data:
+    """Split ``raw`` (stratified for classification), subsample, preprocess (fitted on the training split unless
+    ``cfg.fit_on='all'``) and convert to tensors; ``Data.train_index`` holds the training samples' positions."""
+    train, val, test = _split_indices(raw, cfg)
+    x, y = raw.x_train, raw.y_train
+    x_train, x_val, y_train, y_val = x[train], x[val], y[train], y[val]
+    x_test, y_test = (raw.x_test, raw.y_test) if test is None else (x[test], y[test])
     fit_x = x_train if cfg.fit_on == "train" else np.concatenate([x_train, x_val, x_test])
     fitted = cfg.preprocess.fit(fit_x)
+    stratify = raw.task == "classification"
 
     def inputs(a: np.ndarray) -> Tensor:
         return torch.from_numpy(fitted.transform(a))
@@ -652,4 +742,5 @@ def load_data(cfg: DataConfig) -> Data:
         return torch.from_numpy(a.astype(np.int64 if stratify else np.float32))
 
     return Data(inputs(x_train), labels(y_train), inputs(x_val), labels(y_val), inputs(x_test), labels(y_test),
-                raw.task, raw.num_classes, list(cfg.augment), raw.feature_names, raw.class_names)
+                raw.task, raw.num_classes, list(cfg.augment), raw.feature_names, raw.class_names,
+                torch.from_numpy(train), fitted)

@@ -81,11 +81,14 @@ def _json(obj: Any) -> str:
 
 def train(config: RunConfig, out_dir: str | Path | None = None, *,
           callbacks: Sequence[Callback] = (), progress: bool = False, resume: bool = False,
-          keep_model: bool = False, model: nn.Module | None = None, description: str = "train") -> RunResult:
+          keep_model: bool = False, model: nn.Module | None = None, data: Data | None = None,
+          description: str = "train") -> RunResult:
     """Train one run of a validated config (``load_config``); with ``out_dir``, write its run directory as it goes
     (checkpoint every epoch).
 
-    ``resume`` continues from ``out_dir/checkpoint.pt`` exactly where it stopped (same config required).
+    ``resume`` continues from ``out_dir/checkpoint.pt`` exactly where it stopped (same config required). ``data``
+    (e.g. ``data.data_from_arrays``) replaces loading ``config.data.dataset``; ``meta.json`` then says
+    ``"data": "arrays"``, since the config's dataset does not describe what was trained on.
     """
     from trainlab.trainer import build_trainer
 
@@ -107,18 +110,18 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *,
         run_callbacks += [History(out / "history.csv"),
                           Checkpoint(out / "checkpoint.pt", config.checkpoint_every_epochs,
                                      extra={"config": resolved, "config_hash": config_hash(config)})]
-    trainer = build_trainer(config, run_callbacks, model=model)
+    trainer = build_trainer(config, run_callbacks, model=model, data=data)
+    meta = {**run_metadata(config, trainer.data), **({"data": "arrays"} if data is not None else {})}
     if out is not None:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        atomic_write_text(out / "meta.json", _json(run_metadata(config, trainer.data)))
+        atomic_write_text(out / "meta.json", _json(meta))
     if checkpoint_state is not None:
         trainer.load_state_dict(checkpoint_state["trainer"])
     final = trainer.fit()
     result = RunResult(resolved, trainer.history, final, trainer.extras, out, trainer.model if keep_model else None)
     if out is not None:
         atomic_write_text(out / "summary.json", _json({"final": final, "extras": trainer.extras,
-                                                       "history": trainer.history,
-                                                       **run_metadata(config, trainer.data)}))
+                                                       "history": trainer.history, **meta}))
     return result
 
 
