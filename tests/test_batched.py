@@ -233,6 +233,8 @@ def test_can_batch_accepts_the_supported_configs():
     ({}, {"callbacks": [Checkpoint("unused.pt")]}, "the callback Checkpoint does not declare per_replica"),
     ({}, {"callbacks": [Progress()]}, "the callback Progress does not declare per_replica"),
     ({"device": "cuda"}, {}, "the 'device' 'cuda' means CUDA"),
+    ({"optimizer": {"name": "bfgs"}, "model.norm": "none", "model.dropout": 0.0}, {},
+     "the 'optimizer' 'bfgs' takes one full-batch step per epoch"),
 ])
 def test_can_batch_refuses_and_names_why(overrides, kwargs, why):
     ok, reason = can_batch(load_config(MLP_BN, overrides), **kwargs)

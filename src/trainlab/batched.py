@@ -290,6 +290,9 @@ def can_batch(config: RunConfig, callbacks: Sequence[Callback] = (),
     if not isinstance(config.model, BATCHED_MODELS):
         return False, (f"the 'model' {config.model.name!r} has no stacked form; batched models: "
                        f"{', '.join(m.name for m in BATCHED_MODELS)}")
+    if config.optimizer.full_batch:
+        return False, (f"the 'optimizer' {config.optimizer.name!r} takes one full-batch step per epoch with a "
+                       f"closure; batched replicas step on minibatches")
     if config.schedule.name == "plateau":
         return False, ("the 'schedule' 'plateau' cuts each run's lr on that run's own metric, so the replicas' lrs "
                        "diverge; batched replicas share one lr multiplier")

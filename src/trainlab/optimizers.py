@@ -7,17 +7,21 @@ The group ``lr`` is the spec's ``lr``: a schedule (``trainlab.schedules``) multi
 In the update rules below, g is the gradient, θ the parameters, η the learning rate and λ the weight decay.
 "Coupled" decay adds λθ to g before the update (L2 regularization); "decoupled" decay shrinks θ by ηλθ apart
 from the gradient step.
+
+The full-batch specs at the end (``cg``, ``bfgs``, ``newton_cg``, ``newton``, ``lbfgs``; ``full_batch = True``)
+build the optimizers of ``trainlab.second_order``, which the trainer steps once per epoch with a closure.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from trainlab import second_order
 from trainlab.registry import Component, Registry
 
 # Devices on which torch has a fused (one kernel for all parameters) implementation, by optimizer class; checked
@@ -67,6 +71,8 @@ def implementation(optimizer_class: type[torch.optim.Optimizer], params: list[to
 class OptimizerSpec(Component):
     """Base of optimizer specs: ``build(model)`` returns a torch.optim optimizer over the model's parameters."""
 
+    # Full-batch optimizers take one ``step(closure)`` per epoch on the whole training split (see the end).
+    full_batch: ClassVar[bool] = False
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     decay_all: bool = False
@@ -217,3 +223,109 @@ class AdamW(_AdamBase):
     def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
         return torch.optim.AdamW, {"lr": self.lr, "betas": self.betas, "eps": self.eps,
                                    "weight_decay": self.weight_decay}
+
+
+class _FullBatchSpec(OptimizerSpec):
+    """Base of the full-batch specs (``trainlab.second_order``): one ``step(closure)`` per epoch on all the data.
+
+    Weight decay is the term (λ/2)‖θ‖² of the objective, on the decayed group as for the other optimizers.
+    """
+
+    full_batch: ClassVar[bool] = True
+    max_iter: int = Field(20, ge=1, description="iterations per training step (one step per epoch)")
+    tolerance: float = Field(1e-7, gt=0)
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(self).__name__}.build expects a torch.nn.Module. "
+                            f"Got {type(model).__name__} instead.")
+        second_order.check_deterministic(model, self.name)
+        cls, kwargs = self.torch_optimizer()
+        return cls(param_groups(model, self.weight_decay, self.decay_all), weight_decay=self.weight_decay, **kwargs)
+
+
+class _ScipySpec(_FullBatchSpec):
+    #: scipy chooses its own step lengths: there is no learning rate, and the param groups report 1.
+    lr: ClassVar[float] = 1.0
+    method: ClassVar[str] = ""
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return second_order.ScipyMinimize, {"method": self.method, "max_iter": self.max_iter,
+                                            "tolerance": self.tolerance}
+
+
+@OPTIMIZERS.register("cg")
+class CG(_ScipySpec):
+    """Nonlinear conjugate gradient (Polak-Ribière+), full batch, via scipy.optimize.minimize(method="CG").
+
+    p₀ = −g₀, θ ← θ + αp (Wolfe line search), p ← −g + βp with β = max(0, gᵀ(g − g_prev) / ‖g_prev‖²); stops when
+    ‖g‖∞ ≤ ``tolerance``. Nocedal & Wright, "Numerical Optimization", 2006, §5.2.
+    """
+
+    method: ClassVar[str] = "CG"
+
+
+@OPTIMIZERS.register("bfgs")
+class BFGS(_ScipySpec):
+    """BFGS quasi-Newton, full batch, via scipy.optimize.minimize(method="BFGS"); O(m²) memory.
+
+    p = −Hg, H ← (I − ρsyᵀ)H(I − ρysᵀ) + ρssᵀ with s = Δθ, y = Δg, ρ = 1/(yᵀs), H₀ = I at every training step;
+    stops when ‖g‖∞ ≤ ``tolerance``. Nocedal & Wright, "Numerical Optimization", 2006, §6.1.
+    """
+
+    method: ClassVar[str] = "BFGS"
+
+
+@OPTIMIZERS.register("newton_cg")
+class NewtonCG(_ScipySpec):
+    """Truncated Newton: CG on Hp = −g with exact Hessian-vector products, via scipy "Newton-CG".
+
+    Hv = ∇(∇f·v) by double backward, never forming H; stops when the mean step |Δθ| ≤ ``tolerance`` (scipy's
+    xtol). Nocedal & Wright, "Numerical Optimization", 2006, §7.1 (Algorithm 7.1).
+    """
+
+    method: ClassVar[str] = "Newton-CG"
+    tolerance: float = Field(1e-9, gt=0)
+
+
+@OPTIMIZERS.register("newton")
+class Newton(_FullBatchSpec):
+    """Newton's method with the exact Hessian: θ ← θ − α(H + τI)⁻¹g, O(m³) per iteration, m ≤ ``max_params``.
+
+    τ ≥ ``damping`` raised until H + τI is positive definite (Algorithm 3.3), α by Armijo backtracking from 1
+    (Algorithm 3.1); stops when ‖g‖∞ ≤ ``tolerance``. Nocedal & Wright, "Numerical Optimization", 2006, §3.4.
+    """
+
+    lr: ClassVar[float] = 1.0
+    max_iter: int = Field(10, ge=1, description="iterations per training step (one step per epoch)")
+    max_params: int = Field(2000, ge=1, description="the largest parameter count m whose m × m Hessian is formed")
+    damping: float = Field(0.0, ge=0)
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        if isinstance(model, nn.Module) and (count := second_order.count_params(model)) > self.max_params:
+            raise ValueError(f"The 'max_params' parameter of newton must be at least the model's trainable "
+                             f"parameter count, {count}, to form its {count} × {count} Hessian. Got "
+                             f"{self.max_params} instead; raise it, or use newton_cg, lbfgs or bfgs.")
+        return super().build(model)
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return second_order.DampedNewton, {"max_iter": self.max_iter, "tolerance": self.tolerance,
+                                           "damping": self.damping}
+
+
+@OPTIMIZERS.register("lbfgs")
+class LBFGS(_FullBatchSpec):
+    """L-BFGS with a strong Wolfe line search, full batch, via torch.optim.LBFGS; O(m · history_size) memory.
+
+    p = −H g by the two-loop recursion on the last ``history_size`` pairs (s, y), H₀ = (sᵀy / yᵀy) I, first trial
+    step ``lr``; stops when ‖g‖∞ ≤ ``tolerance``, or when the loss or the step changes by at most
+    ``tolerance_change``. Nocedal & Wright, "Numerical Optimization", 2006, §7.2.
+    """
+
+    lr: float = Field(1.0, gt=0)
+    tolerance_change: float = Field(1e-9, gt=0)
+    history_size: int = Field(100, ge=1)
+
+    def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        return second_order.FullBatchLBFGS, {"lr": self.lr, "max_iter": self.max_iter, "tolerance": self.tolerance,
+                                             "tolerance_change": self.tolerance_change, "history_size": self.history_size}

@@ -70,28 +70,8 @@ class Trainer:
         self.model.train()
         self._fire("on_epoch_start")
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        for x, y in self.data.train_batches(self.batch_size, self.generator):
-            self.batch = (x, y)
-            self._fire("on_step_start")
-            out = self.model(x)
-            loss = self.loss_fn(out, y)
-            total = loss + sum(p.value() for p in self.penalties) if self.penalties else loss
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.loss = total.detach()
-            self._fire("after_backward")
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            if self.data.task == "classification":
-                correct += (out.detach().argmax(1) == y).sum()
-            seen += len(y)
-            self._fire("on_step_end")
-            self.step += 1
+        full_batch = getattr(self.optimizer, "full_batch", False)
+        loss_sum, correct, seen = self._full_batch_step() if full_batch else self._minibatch_steps()
         self.elapsed_s += time.perf_counter() - start
         self.epoch += 1
         metrics = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum.item() / max(seen, 1)}
@@ -106,6 +86,69 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.epoch_end(metrics)
         self._fire("on_epoch_end")
+
+    def _minibatch_steps(self) -> tuple[Tensor, Tensor, int]:
+        """One step per training batch; the epoch's summed loss, correct count and sample count."""
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in self.data.train_batches(self.batch_size, self.generator):
+            self.batch = (x, y)
+            self._fire("on_step_start")
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+            total = loss + sum(p.value() for p in self.penalties) if self.penalties else loss
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.loss = total.detach()
+            self._fire("after_backward")
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += self._correct(out, y)
+            seen += len(y)
+            self._end_step()
+        return loss_sum, correct, seen
+
+    def _full_batch_step(self) -> tuple[Tensor, Tensor, int]:
+        """One ``optimizer.step(closure)`` on the whole training split (``full_batch`` optimizers).
+
+        ``closure()`` evaluates loss + penalties on all training data and backpropagates; ``closure(backward=False)``
+        returns it attached to its graph (for Hessian products). The metrics and ``after_backward`` come from the
+        first evaluation, which the full-batch optimizers make at the parameters before the step.
+        """
+        x, y = self.batch = (self.data.x_train, self.data.y_train)
+        self._fire("on_step_start")
+        first: list[tuple[Tensor, Tensor]] = []
+
+        def closure(backward: bool = True) -> Tensor:
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+            total = loss + sum(p.value() for p in self.penalties) if self.penalties else loss
+            if not backward:
+                return total
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if not first:
+                first.append((loss.detach(), self._correct(out, y)))
+                self.loss = total.detach()
+                self._fire("after_backward")
+            return total.detach()
+
+        self.optimizer.step(closure)
+        loss, correct = first[0]
+        self._end_step()
+        return loss * len(y), correct, len(y)
+
+    def _correct(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.data.task != "classification":
+            return torch.zeros((), device=self.device, dtype=torch.long)
+        return (out.detach().argmax(1) == y).sum()
+
+    def _end_step(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._fire("on_step_end")
+        self.step += 1
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -241,6 +284,22 @@ def _check_monitor(monitor: str, path: str, data: Data) -> None:
                       f"Logged metrics: {', '.join(logged)}.")
 
 
+def _check_full_batch(config: RunConfig, data: Data) -> None:
+    """Refuse what a full-batch optimizer (one closure step per epoch, with its own line search) cannot honour."""
+    name = config.optimizer.name
+    reasons = {
+        "grad_clip": (config.grad_clip is not None, "it would change the gradient the line search relies on"),
+        "gradient_noise": (config.gradient_noise > 0, "it would change the gradient the line search relies on"),
+        "data.augment": (bool(data.augment), "augmentation makes the full-batch objective random"),
+        "schedule": (config.schedule.name != "constant" and "lr" not in type(config.optimizer).model_fields,
+                     f"{name} has no learning rate to schedule"),
+    }
+    for path, (applies, why) in reasons.items():
+        if applies:
+            raise ConfigError(f"The '{path}' parameter cannot apply with the full-batch optimizer {name}: {why}. "
+                              f"Remove it, or use a minibatch optimizer (adamw, sgd, ...).")
+
+
 def default_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
     """Cross-entropy for classification, mean squared error for regression."""
     if task == "classification":
@@ -294,7 +353,10 @@ def build_trainer(config: RunConfig, callbacks: Sequence[Callback] = (), *, mode
         model = config.model.build(data.input_shape, data.num_outputs, torch.Generator().manual_seed(seeds["init"]))
     model = model.to(device)
     optimizer = config.optimizer.build(model)
-    steps_per_epoch = data.steps_per_epoch(config.data.batch_size)
+    full_batch = getattr(optimizer, "full_batch", False)
+    if full_batch:
+        _check_full_batch(config, data)
+    steps_per_epoch = 1 if full_batch else data.steps_per_epoch(config.data.batch_size)
     scheduler = config.schedule.build(optimizer, config.epochs * steps_per_epoch, steps_per_epoch)
     penalties = [r.attach(model) for r in config.regularizers]
     noise = torch.Generator().manual_seed(seeds["noise"])
