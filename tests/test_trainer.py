@@ -230,3 +230,23 @@ def test_training_flushes_subnormals_and_restores_the_callers_setting(tiny, call
         assert (float(torch.tensor([1e-39]) * 2) == 0.0) is caller_flushes
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_weighted_data_trains_on_the_weighted_mean_loss(tiny):
+    from trainlab.data import load_data, with_sample_weights
+    from trainlab.trainer import WeightedLoss
+
+    data = load_data(load_config(tiny).data)
+    n = len(data.y_train)
+    weighted = with_sample_weights(data, torch.arange(n, dtype=torch.float32) % 3)
+    assert weighted.weights.mean().item() == pytest.approx(1.0)
+    trainer = build_trainer(load_config(tiny), data=weighted)
+    assert isinstance(trainer.loss_fn, WeightedLoss)
+    out, y = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
+    trainer.data.batch_weights = torch.tensor([0.0, 1.0, 2.0, 1.0])  # as train_batches sets them
+    per_sample = torch.nn.functional.cross_entropy(out, y, reduction="none")
+    assert trainer.loss_fn(out, y).item() == pytest.approx((per_sample * trainer.data.batch_weights).mean().item())
+    trainer.data.batch_weights = None  # evaluation: the plain mean
+    assert trainer.loss_fn(out, y).item() == pytest.approx(per_sample.mean().item())
+    with pytest.raises(ValueError, match=f"must be {n} non-negative numbers"):
+        with_sample_weights(data, -torch.ones(n))

@@ -600,6 +600,44 @@ class Data:
                 f"device={self.x_train.device})")
 
 
+@dataclass(repr=False)
+class WeightedData(Data):
+    """``Data`` whose training samples carry weights (mean 1); each training batch sets ``batch_weights``.
+
+    The batches are ``Data.train_batches``'s own (same order, same augmentations): the positions of the samples
+    stand in for the labels, so the weights follow the samples. ``batch_weights`` is None outside an epoch, which
+    makes ``trainer.WeightedLoss`` the plain mean loss in evaluation.
+    """
+
+    weights: Tensor | None = None
+    batch_weights: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> WeightedData:
+        moved = Data.to(self, device)
+        moved.weights = self.weights.to(device)
+        return moved
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        positions = dataclasses.replace(self, y_train=torch.arange(len(self.y_train), device=self.y_train.device))
+        try:
+            for x, index in Data.train_batches(positions, batch_size, generator):
+                self.batch_weights = self.weights[index]
+                yield x, self.y_train[index]
+        finally:
+            self.batch_weights = None
+
+
+def with_sample_weights(data: Data, weights: Tensor) -> WeightedData:
+    """``data`` whose training samples (in ``x_train`` order) weigh ``weights``, rescaled to mean 1 so a weight of 2
+    counts a sample twice in expectation; ``build_trainer`` then trains on the weighted mean loss."""
+    if weights.shape != (len(data.y_train),) or not bool(torch.all(weights >= 0)) or not bool(weights.sum() > 0):
+        raise ValueError(f"The sample weights must be {len(data.y_train)} non-negative numbers (one per training "
+                         f"sample), not all 0. Got shape {tuple(weights.shape)} instead.")
+    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(Data)}
+    w = weights.float()
+    return WeightedData(**fields, weights=w / w.mean())
+
+
 def batches_per_epoch(samples: int, batch_size: int) -> int:
     """Training batches of one epoch: a final batch of one sample is dropped (when batch_size > 1)."""
     return math.ceil(samples / batch_size) - (batch_size > 1 and samples % batch_size == 1)

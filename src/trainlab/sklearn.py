@@ -9,10 +9,8 @@ train on all of ``X`` apart from ``val_fraction``: ``data.test_fraction`` is alw
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,66 +18,18 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
-from torch import Tensor, nn
 
 from trainlab.config import RunConfig, load_config
-from trainlab.data import Data, data_from_arrays
-from trainlab.trainer import build_trainer, default_loss
+from trainlab.data import Data, WeightedData, data_from_arrays, with_sample_weights
+from trainlab.trainer import build_trainer
 
 #: Inputs per forward pass at prediction time.
 _PREDICT_BATCH = 1024
 
 
-@dataclass(repr=False)
-class _WeightedData(Data):
-    """``Data`` whose training batches also set ``batch_weights``, the weights of the samples in the batch.
-
-    The batches are ``Data.train_batches``'s own (same order, same augmentations): the positions of the samples
-    stand in for the labels, so the weights follow the samples. ``batch_weights`` is None outside an epoch.
-    """
-
-    weights: Tensor | None = None
-    batch_weights: Tensor | None = None
-
-    def to(self, device: torch.device | str) -> _WeightedData:
-        moved = Data.to(self, device)
-        moved.weights = self.weights.to(device)
-        return moved
-
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-        positions = dataclasses.replace(self, y_train=torch.arange(len(self.y_train), device=self.y_train.device))
-        try:
-            for x, index in Data.train_batches(positions, batch_size, generator):
-                self.batch_weights = self.weights[index]
-                yield x, self.y_train[index]
-        finally:
-            self.batch_weights = None
-
-
-class _WeightedLoss(nn.Module):
-    """``mean_i(w_i * loss_i)`` over a training batch, with weights scaled to mean 1 over the training set (so a
-    weight of 2 counts a sample twice in expectation); the plain mean loss in evaluation (no batch weights)."""
-
-    def __init__(self, data: _WeightedData):
-        super().__init__()
-        self.data = data
-        self.plain = default_loss(data.task)
-        self.per_sample = nn.CrossEntropyLoss(reduction="none") if data.task == "classification" \
-            else nn.MSELoss(reduction="none")
-
-    def forward(self, out: Tensor, y: Tensor) -> Tensor:
-        weights = self.data.batch_weights
-        if weights is None:
-            return self.plain(out, y)
-        losses = self.per_sample(out, y)
-        return (losses.reshape(len(y), -1).mean(1) * weights).mean()
-
-
-def _with_weights(data: Data, weights: np.ndarray) -> _WeightedData:
+def _with_weights(data: Data, weights: np.ndarray) -> WeightedData:
     """``data`` whose training samples carry ``weights`` (given per sample of the arrays it was split from)."""
-    w = torch.from_numpy(weights.astype(np.float32))[data.train_index]
-    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
-    return _WeightedData(**fields, weights=w / w.mean())
+    return with_sample_weights(data, torch.from_numpy(weights.astype(np.float32))[data.train_index])
 
 
 class _TrainlabEstimator(BaseEstimator):
@@ -154,8 +104,6 @@ class _TrainlabEstimator(BaseEstimator):
         if weights is not None:
             data = _with_weights(data, weights)
         trainer = build_trainer(config, data=data)
-        if weights is not None:
-            trainer.loss_fn = _WeightedLoss(trainer.data)
         trainer.fit()
         self.model_ = trainer.model.eval()
         self.preprocess_ = data.fitted

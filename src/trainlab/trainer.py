@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.callbacks import Callback, StopTraining, fire
-from trainlab.data import Data, DataConfig
+from trainlab.data import Data, DataConfig, WeightedData
 from trainlab.registry import ConfigError, suggest
 
 if TYPE_CHECKING:
@@ -307,6 +307,25 @@ def default_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
     return nn.MSELoss()
 
 
+class WeightedLoss(nn.Module):
+    """``mean_i(w_i * loss_i)`` over a training batch of ``WeightedData`` (weights of mean 1 over the training set);
+    the plain mean loss in evaluation, where the data sets no batch weights."""
+
+    def __init__(self, data: WeightedData, label_smoothing: float = 0.0):
+        super().__init__()
+        self.data = data
+        self.plain = default_loss(data.task, label_smoothing)
+        self.per_sample = (nn.CrossEntropyLoss(reduction="none", label_smoothing=label_smoothing)
+                           if data.task == "classification" else nn.MSELoss(reduction="none"))
+
+    def forward(self, out: Tensor, y: Tensor) -> Tensor:
+        weights = self.data.batch_weights
+        if weights is None:
+            return self.plain(out, y)
+        losses = self.per_sample(out, y)
+        return (losses.reshape(len(y), -1).mean(1) * weights).mean()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -371,7 +390,9 @@ def build_trainer(config: RunConfig, callbacks: Sequence[Callback] = (), *, mode
     standard.append(NonFiniteGuard())
     if config.early_stopping is not None:
         standard.append(EarlyStopping(config.early_stopping))
-    return Trainer(model, data, optimizer, scheduler=scheduler, loss_fn=default_loss(data.task, config.label_smoothing),
+    loss_fn = (WeightedLoss(data, config.label_smoothing) if isinstance(data, WeightedData)
+               else default_loss(data.task, config.label_smoothing))
+    return Trainer(model, data, optimizer, scheduler=scheduler, loss_fn=loss_fn,
                    penalties=penalties, callbacks=[*standard, *callbacks], epochs=config.epochs,
                    batch_size=config.data.batch_size, eval_batch_size=config.data.eval_batch_size,
                    generator=torch.Generator().manual_seed(seeds["data"]))
