@@ -143,6 +143,46 @@ def lr_find(config: Path = typer.Argument(..., help="A run config (YAML); its op
 
 @app.command()
 @user_errors
+def search(config: Path = typer.Argument(..., help="A run config (YAML): the base every trial overrides."),
+           space: Path = typer.Option(..., "--space", help="YAML: dotted path -> {low, high, log, step} or [choices]."),
+           sampler: str = typer.Option("tpe", "--sampler", help="grid, random, tpe or coarse_to_fine."),
+           trials: Optional[int] = typer.Option(None, "--trials", help="Trials to run [grid: every point]."),
+           seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per trial; the objective is their mean."),
+           workers: int = typer.Option(1, "--workers", min=1, help="Worker processes sharing the storage."),
+           storage: Optional[str] = typer.Option(None, "--storage", help="Journal file path or Optuna storage URL "
+                                                 "[default: OUT/journal.log]."),
+           prune: str = typer.Option("none", "--prune", help="none, median, hyperband or wilcoxon (across seeds)."),
+           grid_points: int = typer.Option(3, "--grid-points", min=2, help="Grid values per range."),
+           seed: int = typer.Option(0, "--seed", min=0, help="Sampler seed."),
+           set_: list[str] = typer.Option([], "--set", help="Override a base config value: --set epochs=5."),
+           out: Path = typer.Option(Path("search"), "--out", help="Folder of the storage, runs, trials and page."),
+           quiet: bool = typer.Option(False, "--quiet", help="No per-trial output.")) -> None:
+    """Search hyperparameters with Optuna: trials, best config, plots (resumes a killed search in OUT)."""
+    import yaml
+    from rich.table import Table
+
+    from trainlab.config import load_config
+    from trainlab.search import make_spec, run_search
+
+    spec = make_spec(load_config(config, set_), space, sampler=sampler, trials=trials, out=out, seeds=seeds,
+                     workers=workers, storage=storage, prune=prune, grid_points=grid_points, seed=seed)
+    con = console()
+    announce = None if quiet else (lambda study, t: con.print(f"trial {t.number}: {t.state.name} {t.value} "
+                                                             f"{t.params}", highlight=False))
+    result = run_search(spec, announce)
+    table = Table("study", "trial", "state", "value", *spec.space, box=None)
+    for s in result.studies:
+        for t in s.trials:
+            table.add_row(s.study_name, str(t.number), t.state.name, "" if t.value is None else f"{t.value:.4f}",
+                          *(str(t.params.get(p, "")) for p in spec.space))
+    con.print(table)
+    con.print(f"best {spec.metric} = {result.best_value:.4f} with {result.best_params}", highlight=False)
+    con.print(yaml.safe_dump(result.best_config.model_dump(mode="json"), sort_keys=False), highlight=False)
+    con.print("  ".join(f"{k}: {v}" for k, v in result.files.items()), highlight=False)
+
+
+@app.command()
+@user_errors
 def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
            steps: Optional[int] = typer.Option(None, "--steps", min=1,
                                                help="Train about this many steps [default: the config's epochs]."),
@@ -242,6 +282,35 @@ def ablate(config: Path = typer.Argument(..., help="Your run config (YAML)."),
             table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
         con.print(table)
     con.print(f"report: {out / 'ablation.html'}", highlight=False)
+
+
+@app.command()
+@user_errors
+def ensemble(config: Path = typer.Argument(..., help="A run config (YAML) of a classification task."),
+             method: str = typer.Option(..., "--method", help="bagging, boosting, averaging, voting, snapshot or swa."),
+             members: int = typer.Option(5, "--members", help="K: members (snapshot: cycles; swa: epochs averaged)."),
+             set_: list[str] = typer.Option([], "--set", help="Override a config value: --set epochs=10."),
+             out: Path = typer.Option(Path("ensemble"), "--out", help="Where ensemble.json goes."),
+             as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+             quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors.")) -> None:
+    """Train an ensemble and compare it on the test split with its average and its best member."""
+    from rich.table import Table
+
+    from trainlab.config import load_config
+    from trainlab.ensembles import run_ensemble
+
+    summary = run_ensemble(load_config(config, set_), method, members, out=out)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=float))
+    elif not quiet:
+        table = Table("test", "accuracy", box=None)
+        table.add_row(f"ensemble ({summary['method']}, {summary['members']} members)", f"{summary['accuracy']:.4f}")
+        table.add_row("average member", f"{summary['mean_member_accuracy']:.4f}")
+        table.add_row("best member", f"{summary['best_member_accuracy']:.4f}")
+        table.add_row("ensemble log-loss", f"{summary['log_loss']:.4f}")
+        con = console()
+        con.print(table)
+        con.print(f"summary: {out / 'ensemble.json'}", highlight=False)
 
 
 def main() -> None:
