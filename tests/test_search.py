@@ -162,3 +162,13 @@ def test_random_workers_never_share_a_stream_of_points(tmp_path):
     points = [tuple(sorted(t.params.items())) for t in result.trials]
     assert len(points) == 4 and len(set(points)) == 4
     assert worker_seed(5, 0, 0) == 5 and len({worker_seed(5, s, w) for s in (0, 4) for w in (0, 1)}) == 4
+
+
+def test_the_shipped_space_validates_against_the_example_config(tmp_path):
+    from pathlib import Path
+
+    examples = Path(__file__).parent.parent / "examples"
+    spec = make_spec(load_config(examples / "breast_cancer_mlp.yaml"), examples / "spaces" / "mlp.yaml",
+                     sampler="random", trials=4, out=tmp_path / "s")
+    assert set(spec.space) == {"optimizer.lr", "model.width", "model.dropout"}
+    assert not (tmp_path / "s").exists()  # validating writes nothing
