@@ -172,3 +172,41 @@ def test_the_shipped_space_validates_against_the_example_config(tmp_path):
                      sampler="random", trials=4, out=tmp_path / "s")
     assert set(spec.space) == {"optimizer.lr", "model.width", "model.dropout"}
     assert not (tmp_path / "s").exists()  # validating writes nothing
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_resumes_with_no_trial_left_running(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    slow = {**BASE, "data": {"dataset": {"name": "moons", "n_samples": 2000}, "batch_size": 8}, "epochs": 40}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(slow))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    args = [sys.executable, "-m", "trainlab.cli", "search", str(tmp_path / "base.yaml"), "--space",
+            str(tmp_path / "space.yaml"), "--sampler", "random", "--trials", "2", "--out", str(tmp_path / "s"),
+            "--quiet"]
+    journal = tmp_path / "s" / "journal.log"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (journal.is_file() and journal.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside the first trial's training
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    killed = optuna.load_study(study_name="search", storage=storage).trials
+    assert [t.state.name for t in killed] == ["RUNNING"]  # the killed process left its trial running
+    quick = {**slow, "epochs": 1}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(quick))
+    result = run_search(spec_for(tmp_path, "random", 2, base=quick))
+    states = [t.state.name for t in result.trials]
+    assert "RUNNING" not in states and states.count("COMPLETE") == 2 and states[0] == "FAIL"
