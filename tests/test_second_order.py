@@ -201,3 +201,18 @@ def test_lbfgs_takes_a_schedule_on_its_lr_one_step_per_epoch():
     trainer.fit()
     lrs = [r["lr"] for r in trainer.history]
     assert lrs[0] < 0.5 and lrs == sorted(lrs, reverse=True)
+
+
+def test_lbfgs_one_iteration_per_step_does_not_stall():
+    # torch's LBFGS, stepped with max_iter=1, can stop on a non-descent direction and repeat it forever; a step
+    # that did not move restarts from steepest descent.
+    from trainlab.config import load_config
+    from trainlab.trainer import build_trainer
+
+    cfg = {"data": {"dataset": {"name": "moons", "n_samples": 320}},
+           "model": {"name": "mlp", "depth": 1, "width": 16, "activation": "tanh", "norm": "none", "dropout": 0.0},
+           "optimizer": {"name": "lbfgs", "max_iter": 1}, "epochs": 30, "threads": 1}
+    trainer = build_trainer(load_config(cfg))
+    trainer.fit()
+    losses = [row["train_loss"] for row in trainer.history]
+    assert losses[-1] < 0.25 and len(set(losses[-10:])) == 10  # still moving at the end (it froze at 0.3146)

@@ -255,7 +255,15 @@ class FullBatchLBFGS(torch.optim.LBFGS):
                     p.grad = (torch.zeros_like(p) if p.grad is None else p.grad).add_(p.detach(), alpha=lam)
             return loss
 
+        params = self.param_groups[0]["params"]
+        before = [p.detach().clone() for p in params]
         loss = super().step(with_decay)
+        if all(torch.equal(a, p) for a, p in zip(before, params)):
+            # torch's LBFGS stops without moving when the direction from its curvature pairs is not a descent
+            # direction, and then proposes that same direction at every later step (its history cannot change):
+            # forget the pairs and restart from steepest descent (Nocedal & Wright, section 7.2).
+            self.state.clear()
+            super().step(with_decay)
         self.zero_grad(set_to_none=True)
         return loss
 
