@@ -330,6 +330,8 @@ def objective(spec: SearchSpec, space: Space, trial: optuna.Trial) -> float:
 def _study(spec: SearchSpec, name: str, space: Space, seed: int) -> optuna.Study:
     import optuna
 
+    # trainlab reports the trials itself; Optuna's INFO lines ("A new study created ...") would interleave.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         study_name=name, storage=open_storage(spec.storage, Path(spec.out), spec.workers), load_if_exists=True,
         direction="maximize" if spec.maximize else "minimize",
