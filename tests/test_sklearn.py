@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
-from sklearn.ensemble import BaggingClassifier, VotingClassifier
+from sklearn.ensemble import AdaBoostClassifier, BaggingClassifier, VotingClassifier
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -62,6 +62,14 @@ def test_bagging_and_soft_voting(blobs):
     proba = voting.predict_proba(x)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
     assert voting.score(x, y) > 0.8
+
+
+def test_adaboost_drives_the_classifier_through_sample_weights(blobs):
+    x, y = blobs
+    boost = AdaBoostClassifier(TrainlabClassifier(**FAST), n_estimators=3, random_state=0).fit(x, y)
+    assert len(boost.estimators_) >= 1 and boost.score(x, y) > 0.8
+    # AdaBoost reweights the samples between rounds: its members were fitted on different weights.
+    assert np.all(boost.estimator_weights_[: len(boost.estimators_)] > 0)
 
 
 def test_regression_r2_on_a_linear_target():
