@@ -210,3 +210,22 @@ def test_a_search_killed_mid_trial_resumes_with_no_trial_left_running(tmp_path):
     result = run_search(spec_for(tmp_path, "random", 2, base=quick))
     states = [t.state.name for t in result.trials]
     assert "RUNNING" not in states and states.count("COMPLETE") == 2 and states[0] == "FAIL"
+
+
+def test_searches_with_their_own_names_share_one_storage_apart(tmp_path):
+    journal = str(tmp_path / "shared.log")
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+
+    def named(study, trials):
+        return make_spec(load_config(BASE), tmp_path / "space.yaml", sampler="random", trials=trials,
+                         out=tmp_path / study, storage=journal, name=study)
+
+    first, second = run_search(named("first", 2)), run_search(named("second", 3))
+    assert [s.study_name for s in first.studies] == ["first"] and len(first.trials) == 2
+    assert [s.study_name for s in second.studies] == ["second"] and len(second.trials) == 3
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    bad = runner.invoke(app, ["search", str(tmp_path / "base.yaml"), "--space", str(tmp_path / "space.yaml"),
+                              "--sampler", "random", "--trials", "2", "--name", "no spaces", "--out",
+                              str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "The --name option must be 1 to 100 letters" in bad.output
+    assert not (tmp_path / "bad").exists()

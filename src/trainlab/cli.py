@@ -156,6 +156,8 @@ def search(config: Path = typer.Argument(..., help="A run config (YAML): the bas
            seed: int = typer.Option(0, "--seed", min=0, help="Sampler seed."),
            set_: list[str] = typer.Option([], "--set", help="Override a base config value: --set epochs=5."),
            out: Path = typer.Option(Path("search"), "--out", help="Folder of the storage, runs, trials and page."),
+           name: str = typer.Option("search", "--name", help="The study's name in the storage (searches sharing "
+                                                             "one PostgreSQL database need their own)."),
            quiet: bool = typer.Option(False, "--quiet", help="No per-trial output.")) -> None:
     """Search hyperparameters with Optuna: trials, best config, plots (resumes a killed search in OUT)."""
     import yaml
@@ -165,7 +167,7 @@ def search(config: Path = typer.Argument(..., help="A run config (YAML): the bas
     from trainlab.search import make_spec, run_search
 
     spec = make_spec(load_config(config, set_), space, sampler=sampler, trials=trials, out=out, seeds=seeds,
-                     workers=workers, storage=storage, prune=prune, grid_points=grid_points, seed=seed)
+                     workers=workers, storage=storage, prune=prune, grid_points=grid_points, seed=seed, name=name)
     con = console()
     announce = None if quiet else (lambda study, t: con.print(f"trial {t.number}: {t.state.name} {t.value} "
                                                              f"{t.params}", highlight=False))

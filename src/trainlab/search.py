@@ -261,6 +261,7 @@ class SearchSpec:
     storage: str | None = None
     metric: str = "val_acc"
     workers: int = 1
+    name: str = STUDY  # the study's name in the storage: searches sharing one database need their own
 
     @property
     def maximize(self) -> bool:
@@ -456,12 +457,12 @@ def run_search(spec: SearchSpec, on_trial: Callable | None = None) -> SearchResu
 
     if spec.sampler == "coarse_to_fine":
         coarse_n = max(1, spec.trials // 2)
-        coarse = _run_stage(spec, f"{STUDY}-coarse", spec.space, coarse_n, on_trial)
+        coarse = _run_stage(spec, f"{spec.name}-coarse", spec.space, coarse_n, on_trial)
         fine_space = narrow_space(spec.space, coarse.get_trials(states=(TrialState.COMPLETE,)), spec.maximize)
-        fine = _run_stage(spec, f"{STUDY}-fine", fine_space, spec.trials - coarse_n, on_trial)
+        fine = _run_stage(spec, f"{spec.name}-fine", fine_space, spec.trials - coarse_n, on_trial)
         studies, spaces = [coarse, fine], [spec.space, fine_space]
     else:
-        studies, spaces = [_run_stage(spec, STUDY, spec.space, spec.trials, on_trial)], [spec.space]
+        studies, spaces = [_run_stage(spec, spec.name, spec.space, spec.trials, on_trial)], [spec.space]
     done = [t for s in studies for t in s.get_trials(states=(TrialState.COMPLETE,))]
     if not done:
         raise ValueError("The search completed no trial (all were pruned or failed); see trials.csv.")
@@ -533,6 +534,15 @@ def search_page(spec: SearchSpec, result: SearchResult) -> str:
     return page("trainlab search", "".join(parts))
 
 
+def check_study_name(name: str) -> str:
+    """A study name: letters, digits, '-', '_' and '.', 1 to 100 characters (it names rows in a shared database)."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):
+        raise ConfigError(f"The --name option must be 1 to 100 letters, digits, '-', '_' or '.'. Got {name!r} instead.")
+    return name
+
+
 def make_spec(config: RunConfig, space_file: str | Path, *, sampler: str, trials: int | None, out: str | Path,
               **options: Any) -> SearchSpec:
     """A validated SearchSpec from the CLI's arguments; raises before anything is written."""
@@ -557,4 +567,5 @@ def make_spec(config: RunConfig, space_file: str | Path, *, sampler: str, trials
         open_storage(options["storage"], Path(out), workers)  # fail on a bad URL before any training
     return SearchSpec(config.model_dump(mode="json"), space, sampler, trials, str(out), seeds=seeds,
                       prune=options.get("prune", "none"), seed=options.get("seed", 0), grid_points=points,
-                      storage=options.get("storage"), metric=metric, workers=workers)
+                      storage=options.get("storage"), metric=metric, workers=workers,
+                      name=check_study_name(options.get("name", STUDY)))
