@@ -165,7 +165,8 @@ def _why_not_batched(configs: Sequence[RunConfig], callbacks_for: Callable[[RunC
     """Why these configs cannot train as one batch of replicas, or ``""`` when they can."""
     from trainlab.batched import can_batch
 
-    if len({config_hash(load_config(c, {"seed": 0})) for c in configs}) > 1:
+    # A frozen config's copy with another seed needs no validation: compare the configs with the seed left out.
+    if len({config_hash(c.model_copy(update={"seed": 0})) for c in configs}) > 1:
         return "the configs differ in more than their seed"
     for config in configs:
         ok, why = can_batch(config, callbacks_for(config))
