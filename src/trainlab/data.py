@@ -782,3 +782,46 @@ def prepare_data(raw: RawData, cfg: DataConfig) -> Data:
     return Data(inputs(x_train), labels(y_train), inputs(x_val), labels(y_val), inputs(x_test), labels(y_test),
                 raw.task, raw.num_classes, list(cfg.augment), raw.feature_names, raw.class_names,
                 torch.from_numpy(train), fitted)
+
+
+ArraysLike = tuple  # (x, y) or (x, y, x_test, y_test): numpy arrays or tensors
+
+
+def _array_tuple(data: object, owner: str) -> tuple[object, object, object | None, object | None]:
+    if not (isinstance(data, (tuple, list)) and len(data) in (2, 4)):
+        raise TypeError(f"The 'data' argument of {owner} must be a trainlab Data, an (x, y) tuple or an "
+                        f"(x, y, x_test, y_test) tuple of arrays or tensors. Got {type(data).__name__}"
+                        f"{f' of length {len(data)}' if isinstance(data, (tuple, list)) else ''} instead.")
+    x, y, *test = data
+    return (x, y, *test) if test else (x, y, None, None)  # type: ignore[return-value]
+
+
+def as_data(data: Data | ArraysLike | None, cfg: DataConfig, owner: str) -> Data:
+    """The ``Data`` an entry point trains on: ``cfg``'s dataset (None), a ``Data`` as it is, or arrays in memory,
+    ``(x, y)`` or ``(x, y, x_test, y_test)``, split and preprocessed by ``cfg`` exactly as a dataset would be."""
+    if data is None:
+        return load_data(cfg)
+    if isinstance(data, Data):
+        return data
+    x, y, x_test, y_test = _array_tuple(data, owner)
+    return data_from_arrays(x, y, cfg, x_test, y_test)  # type: ignore[arg-type]
+
+
+def save_arrays(data: ArraysLike, folder: str | Path, owner: str) -> Path:
+    """Write arrays in memory as an ``npz`` dataset file named by their content, ``FOLDER/arrays-<sha>.npz``
+    (checked first as ``data_from_arrays`` checks them; written atomically, and once per content). For entry points
+    whose runs happen in other processes and are cached by config: the file's path keys the content."""
+    import hashlib
+    import io
+
+    x, y, x_test, y_test = _array_tuple(data, owner)
+    raw = raw_from_arrays(x, y, x_test, y_test)  # type: ignore[arg-type]
+    arrays = {"x": raw.x_train, "y": _array(y, "y")} if raw.x_test is None else {
+        "x_train": raw.x_train, "y_train": _array(y, "y"), "x_test": raw.x_test, "y_test": _array(y_test, "y_test")}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    payload = buffer.getvalue()
+    path = Path(folder) / f"arrays-{hashlib.sha256(payload).hexdigest()[:16]}.npz"
+    if not path.exists():
+        atomic_write(path, lambda f: f.write(payload))
+    return path

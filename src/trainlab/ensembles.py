@@ -42,7 +42,7 @@ from trainlab.registry import suggest
 from trainlab.data import with_sample_weights
 
 if TYPE_CHECKING:
-    from trainlab.data import Data
+    from trainlab.data import ArraysLike, Data
     from trainlab.trainer import Trainer
 
 #: Probabilities are clipped to [LOG_LOSS_EPS, 1] in the log-loss, so a hard vote of 0 costs -log(1e-7) = 16, not inf.
@@ -284,10 +284,11 @@ METHODS: dict[str, Callable[[RunConfig, Data, int], Ensemble]] = {
     "snapshot": snapshot, "swa": swa}
 
 
-def build_ensemble(config: RunConfig, method: str, members: int, *, data: Data | None = None) -> Ensemble:
+def build_ensemble(config: RunConfig, method: str, members: int, *,
+                   data: Data | ArraysLike | None = None) -> Ensemble:
     """Train an ensemble of ``members`` (K >= 2) by ``method`` from a validated config; ``data`` replaces loading
-    ``config.data`` (e.g. ``data_from_arrays``). Classification only."""
-    from trainlab.data import load_data
+    ``config.data`` (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``). Classification only."""
+    from trainlab.data import as_data
 
     require_config(config, "build_ensemble")
     if method not in METHODS:
@@ -296,20 +297,22 @@ def build_ensemble(config: RunConfig, method: str, members: int, *, data: Data |
     if isinstance(members, bool) or not isinstance(members, int) or members < 2:
         raise ValueError(f"The 'members' parameter must be an int >= 2 (an ensemble of one is a single run). "
                          f"Got {members!r} instead.")
-    data = data if data is not None else load_data(config.data)
+    data = as_data(data, config.data, "build_ensemble")
     if data.task != "classification":
         raise ValueError(f"Ensembles here combine class probabilities, so they need a classification task; "
                          f"the dataset {config.data.dataset.name!r} is a {data.task} task.")
     return METHODS[method](config, data, members)
 
 
-def run_ensemble(config: RunConfig, method: str, members: int, out: str | Path | None = None) -> dict[str, Any]:
-    """Train, evaluate on the test split and (with ``out``) write ``OUT/ensemble.json``; the summary."""
-    from trainlab.data import load_data
+def run_ensemble(config: RunConfig, method: str, members: int, out: str | Path | None = None, *,
+                 data: Data | ArraysLike | None = None) -> dict[str, Any]:
+    """Train, evaluate on the test split and (with ``out``) write ``OUT/ensemble.json``; the summary. ``data``
+    (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``) replaces the config's dataset."""
+    from trainlab.data import as_data
     from trainlab.runs import config_hash
 
     require_config(config, "run_ensemble")
-    data = load_data(config.data)
+    data = as_data(data, config.data, "run_ensemble")
     result = build_ensemble(config, method, members, data=data)
     summary = {**result.evaluate(data, "test"), "requested_members": members, "config_hash": config_hash(config),
                "config": config.model_dump(mode="json")}

@@ -31,7 +31,7 @@ from trainlab.registry import ConfigError
 
 if TYPE_CHECKING:
     from trainlab.batched import ReplicaResult
-    from trainlab.data import Data
+    from trainlab.data import ArraysLike, Data
 
 
 @dataclass
@@ -81,13 +81,14 @@ def _json(obj: Any) -> str:
 
 def train(config: RunConfig, out_dir: str | Path | None = None, *,
           callbacks: Sequence[Callback] = (), progress: bool = False, resume: bool = False,
-          keep_model: bool = False, model: nn.Module | None = None, data: Data | None = None,
+          keep_model: bool = False, model: nn.Module | None = None, data: Data | ArraysLike | None = None,
           description: str = "train") -> RunResult:
     """Train one run of a validated config (``load_config``); with ``out_dir``, write its run directory as it goes
     (checkpoint every epoch).
 
     ``resume`` continues from ``out_dir/checkpoint.pt`` exactly where it stopped (same config required). ``data``
-    (e.g. ``data.data_from_arrays``) replaces loading ``config.data.dataset``; ``meta.json`` then says
+    (arrays ``(x, y)`` or ``(x, y, x_test, y_test)``, split and preprocessed by ``config.data``, or a ``Data``)
+    replaces loading ``config.data.dataset``; ``meta.json`` then says
     ``"data": "arrays"``, since the config's dataset does not describe what was trained on.
     """
     from trainlab.trainer import build_trainer

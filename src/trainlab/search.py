@@ -39,6 +39,7 @@ from trainlab.registry import ConfigError, suggest
 if TYPE_CHECKING:
     import optuna
 
+    from trainlab.data import ArraysLike
     from trainlab.trainer import Trainer
 
 SAMPLERS = ("grid", "random", "tpe", "coarse_to_fine")
@@ -543,14 +544,17 @@ def check_study_name(name: str) -> str:
     return name
 
 
-def make_spec(config: RunConfig, space_file: str | Path, *, sampler: str, trials: int | None, out: str | Path,
-              **options: Any) -> SearchSpec:
-    """A validated SearchSpec from the CLI's arguments; raises before anything is written."""
-    from trainlab.data import load_data
+def make_spec(config: RunConfig, space: str | Path | Mapping[str, Any], *, sampler: str, trials: int | None,
+              out: str | Path, data: ArraysLike | None = None, **options: Any) -> SearchSpec:
+    """A validated SearchSpec from the CLI's arguments (``space`` a YAML file or its mapping); raises before
+    anything is written. ``data``, arrays ``(x, y)`` or ``(x, y, x_test, y_test)``, replaces the config's dataset:
+    they are saved once as ``OUT/arrays-<sha>.npz`` (named by content, so cached trials never mix two datasets),
+    which every worker process reads."""
+    from trainlab.data import load_data, save_arrays
 
     check_choice("sampler", sampler, SAMPLERS)
     check_choice("prune", options.get("prune", "none"), PRUNERS)
-    space = load_space(space_file, config)
+    space = parse_space(space, config) if isinstance(space, Mapping) else load_space(space, config)
     seeds, workers, points = options.get("seeds", 1), options.get("workers", 1), options.get("grid_points", 3)
     if options.get("prune") == "wilcoxon" and seeds < 2:
         raise ConfigError(f"The wilcoxon pruner compares trials seed by seed, so it needs --seeds >= 2. Got {seeds}.")
@@ -562,9 +566,16 @@ def make_spec(config: RunConfig, space_file: str | Path, *, sampler: str, trials
         trials = size
     if trials is None or trials < 2:
         raise ConfigError(f"The --trials option must be an integer >= 2 for sampler {sampler!r}. Got {trials}.")
-    metric = "val_acc" if load_data(config.data).task == "classification" else "val_loss"
+    if data is not None and not isinstance(data, (tuple, list)):
+        raise TypeError(f"The 'data' argument of make_spec must be an (x, y) or (x, y, x_test, y_test) tuple of "
+                        f"arrays (search trials run in worker processes that read them from a file). Got "
+                        f"{type(data).__name__} instead.")
     if "://" in (options.get("storage") or ""):
         open_storage(options["storage"], Path(out), workers)  # fail on a bad URL before any training
+    if data is not None:
+        npz = save_arrays(data, out, "make_spec")
+        config = load_config(config, {"data.dataset": {"name": "npz", "path": str(npz.resolve())}})
+    metric = "val_acc" if load_data(config.data).task == "classification" else "val_loss"
     return SearchSpec(config.model_dump(mode="json"), space, sampler, trials, str(out), seeds=seeds,
                       prune=options.get("prune", "none"), seed=options.get("seed", 0), grid_points=points,
                       storage=options.get("storage"), metric=metric, workers=workers,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.callbacks import Callback, StopTraining, fire
-from trainlab.data import Data, DataConfig, WeightedData
+from trainlab.data import ArraysLike, Data, DataConfig, WeightedData
 from trainlab.registry import ConfigError, suggest
 
 if TYPE_CHECKING:
@@ -344,14 +344,15 @@ def seeds_for(seed: int) -> dict[str, int]:
 
 
 def build_trainer(config: RunConfig, callbacks: Sequence[Callback] = (), *, model: nn.Module | None = None,
-                  data: Data | None = None) -> Trainer:
+                  data: Data | ArraysLike | None = None) -> Trainer:
     """Data, model, optimizer, schedule, penalties and callbacks from a validated config (``load_config``).
 
-    ``model`` replaces the config's model with any ``nn.Module``; ``data`` replaces loading the config's data.
+    ``model`` replaces the config's model with any ``nn.Module``; ``data`` replaces loading the config's data: a
+    ``Data``, or arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` split and preprocessed by ``config.data``.
     """
     from trainlab.callbacks import EarlyStopping, GradClip, GradientNoise, NonFiniteGuard, WeightNoise
     from trainlab.config import require_config
-    from trainlab.data import load_data
+    from trainlab.data import as_data
 
     require_config(config, "build_trainer")
     device = resolve_device(config.device)
@@ -359,7 +360,7 @@ def build_trainer(config: RunConfig, callbacks: Sequence[Callback] = (), *, mode
         torch.set_num_threads(config.threads)
     seeds = seeds_for(config.seed)
     torch.manual_seed(seeds["torch"])
-    data = (data if data is not None else load_data(config.data)).to(device)
+    data = as_data(data, config.data, "build_trainer").to(device)
     # A monitor or a loss option that cannot apply fails now, not after the first epoch (or silently).
     if config.early_stopping is not None:
         _check_monitor(config.early_stopping.monitor, "early_stopping.monitor", data)

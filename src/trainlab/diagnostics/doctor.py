@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.checkpoints import atomic_write_text
-from trainlab.data import Data, DataConfig
+from trainlab.data import ArraysLike, Data, DataConfig
 from trainlab.diagnostics.record import Diagnostics, DiagnosticsRecord
 from trainlab.diagnostics.rules import Finding, find_problems
 from trainlab.html import Markup, esc, image, page, table
@@ -204,29 +204,33 @@ def diagnose(model: nn.Module, data: Any, loss_fn: Callable[[Tensor, Tensor], Te
 
 
 def doctor(config: RunConfig, steps: int | None = None, *, every: int | None = None,
-           out_dir: str | Path | None = None, tensorboard_dir: str | Path | None = None) -> DiagnosisReport:
+           out_dir: str | Path | None = None, tensorboard_dir: str | Path | None = None,
+           data: Data | ArraysLike | None = None) -> DiagnosisReport:
     """Train a config briefly with probes (``steps`` rounded up to whole epochs; None keeps the config's epochs).
 
     ``config`` is a validated ``RunConfig`` (``load_config`` makes one from a YAML path or a dict). With ``out_dir``
     the record and ``doctor.html`` are written there; with ``tensorboard_dir`` the record is exported for
-    TensorBoard.
+    TensorBoard. ``data`` (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``) replaces the config's
+    dataset.
     """
     from trainlab.config import RunConfig, load_config
-    from trainlab.data import steps_per_epoch
+    from trainlab.data import as_data, steps_per_epoch
     from trainlab.trainer import build_trainer
 
     if not isinstance(config, RunConfig):
         raise TypeError(f"The 'config' argument of doctor must be a RunConfig (load_config makes one from a YAML "
                         f"path or a dict). Got {type(config).__name__} instead.")
     # Counted from the dataset's size: the data is loaded once, by the trainer.
-    per_epoch = steps_per_epoch(config.data)
+    if data is not None:
+        data = as_data(data, config.data, "doctor")
+    per_epoch = steps_per_epoch(config.data) if data is None else data.steps_per_epoch(config.data.batch_size)
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"The 'steps' parameter of doctor must be an int >= 1. Got {steps!r} instead.")
         config = load_config(config, {"epochs": max(1, math.ceil(steps / per_epoch))})
     probes = Diagnostics(every if every is not None else _sampling_interval(config.epochs * per_epoch),
                          out_dir=out_dir, tensorboard_dir=tensorboard_dir)
-    final = build_trainer(config, [probes]).fit()
+    final = build_trainer(config, [probes], data=data).fit()
     record = probes.record()
     report = DiagnosisReport(find_problems(record), record, final, title="trainlab doctor")
     if out_dir is not None:
