@@ -216,3 +216,35 @@ def test_lbfgs_one_iteration_per_step_does_not_stall():
     trainer.fit()
     losses = [row["train_loss"] for row in trainer.history]
     assert losses[-1] < 0.25 and len(set(losses[-10:])) == 10  # still moving at the end (it froze at 0.3146)
+
+
+def test_newton_hessian_is_the_exact_hessian_of_loss_penalties_and_decay():
+    """torch.func.hessian through functional_call sees the swapped weights in the loss, in an L2 kernel penalty
+    and in the weight decay: it equals torch.autograd.functional.hessian of the same objective written out."""
+    from trainlab.regularizers import REGULARIZERS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.arange(16) % 2
+    penalty = REGULARIZERS.create({"name": "l2", "strength": 0.3}).attach(model)  # the two weight matrices
+
+    def closure(backward: bool = True) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(model(x), y) + penalty.value()
+        if not backward:
+            return loss
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach()
+
+    optimizer = OPTIMIZERS.create({"name": "newton", "weight_decay": 0.05, "decay_all": True}).build(model)
+    shapes = [p.shape for p in model.parameters()]
+
+    def written_out(flat: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2 = (t.view(s) for t, s in zip(flat.split([s.numel() for s in shapes]), shapes))
+        out = torch.tanh(x @ w1.T + b1) @ w2.T + b2
+        return (nn.functional.cross_entropy(out, y) + 0.15 * (w1.square().sum() + w2.square().sum())
+                + 0.025 * flat.square().sum())
+
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    expected = torch.autograd.functional.hessian(written_out, flat)
+    torch.testing.assert_close(optimizer._hessian(closure), expected, rtol=1e-10, atol=1e-12)

@@ -241,7 +241,12 @@ class _FullBatchSpec(OptimizerSpec):
                             f"Got {type(model).__name__} instead.")
         second_order.check_deterministic(model, self.name)
         cls, kwargs = self.torch_optimizer()
-        return cls(param_groups(model, self.weight_decay, self.decay_all), weight_decay=self.weight_decay, **kwargs)
+        return cls(param_groups(model, self.weight_decay, self.decay_all), weight_decay=self.weight_decay, **kwargs,
+                   **self.bound_to(model))
+
+    def bound_to(self, model: nn.Module) -> dict[str, Any]:
+        """Arguments of the optimizer class that come from the model, not from the spec's fields."""
+        return {}
 
 
 class _ScipySpec(_FullBatchSpec):
@@ -311,6 +316,9 @@ class Newton(_FullBatchSpec):
     def torch_optimizer(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
         return second_order.DampedNewton, {"max_iter": self.max_iter, "tolerance": self.tolerance,
                                            "damping": self.damping}
+
+    def bound_to(self, model: nn.Module) -> dict[str, Any]:
+        return {"model": model}  # the Hessian is taken through the model (torch.func.functional_call)
 
 
 @OPTIMIZERS.register("lbfgs")

@@ -178,18 +178,21 @@ class KernelPenalty(Penalty):
     def __init__(self, regularizer: Regularizer, model: nn.Module, params: dict[str, nn.Parameter]):
         super().__init__(regularizer, model)
         self.selected: tuple[str, ...] = tuple(params)
-        self._params: list[nn.Parameter] | None = list(params.values())
+        # (module, attribute) rather than the tensors: read at value() time, so torch.func.functional_call's
+        # swapped-in parameters are the ones penalized (second_order.DampedNewton's Hessian depends on it).
+        self._owners: list[tuple[nn.Module, str]] | None = [
+            (model.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for name in params]
 
     def value(self) -> Tensor:
-        if self._params is None:
+        if self._owners is None:
             raise RuntimeError(f"This {self.regularizer.name} penalty was removed.")
         total = self._zero()
-        for p in self._params:
-            total = total + self.regularizer.penalty(p)
+        for module, attribute in self._owners:
+            total = total + self.regularizer.penalty(getattr(module, attribute))
         return total
 
     def remove(self) -> None:
-        self._params = None
+        self._owners = None
 
 
 class ActivityPenalty(Penalty):

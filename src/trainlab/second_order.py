@@ -15,7 +15,7 @@ searches see the function whose gradient they use.
   products by double backward) on the flattened parameters in float64, for ``max_iter`` iterations per step. It
   keeps no state between steps (BFGS restarts from H₀ = I each step, CG from the steepest descent direction), so
   its ``state_dict`` holds the parameter groups only and a resume is exact.
-- ``DampedNewton`` forms the exact Hessian, solves (H + τI)p = −g by Cholesky with τ ≥ ``damping`` raised until
+- ``DampedNewton`` forms the exact Hessian (``torch.func.hessian`` through ``functional_call``), solves (H + τI)p = −g by Cholesky with τ ≥ ``damping`` raised until
   H + τI is positive definite (Nocedal & Wright, Algorithm 3.3), and backtracks on p (Armijo, Algorithm 3.1).
   Its Hessian costs O(m²) memory and O(m³) time in the parameter count m, hence ``max_params``. Stateless too.
 - ``FullBatchLBFGS`` is ``torch.optim.LBFGS`` with the strong Wolfe line search and the weight decay term; its
@@ -27,6 +27,7 @@ with Hessian modification, ch. 5 conjugate gradients, ch. 6 BFGS, ch. 7 Newton-C
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -165,12 +166,20 @@ class DampedNewton(FullBatchOptimizer):
     p = −(H + τI)⁻¹g with τ = ``damping`` if H + τI is positive definite, else raised (τ ← max(2τ, β), starting
     from −min Hᵢᵢ + β, β = 1e-3) until Cholesky succeeds (Nocedal & Wright, Algorithm 3.3); then θ ← θ + αp with
     α the first of 1, ½, ¼, ... with f(θ + αp) ≤ f(θ) + c₁α gᵀp (Algorithm 3.1). Stops early when ‖g‖∞ ≤
-    ``tolerance``. H is the Jacobian of the gradient, its m rows as m vector-Jacobian products batched by vmap.
+    ``tolerance``. H comes from ``torch.func.hessian`` of f over the model's parameters (``model``: the module
+    that owns ``params``), forward-mode over reverse-mode, O(m²) memory.
     """
 
-    def __init__(self, params: Any, *, max_iter: int, tolerance: float, damping: float, weight_decay: float = 0.0):
+    def __init__(self, params: Any, *, model: nn.Module, max_iter: int, tolerance: float, damping: float,
+                 weight_decay: float = 0.0):
         super().__init__(params, weight_decay)
         self.max_iter, self.tolerance, self.damping = max_iter, tolerance, damping
+        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        missing = [tuple(p.shape) for p in self._params() if id(p) not in names]
+        if missing:
+            raise ValueError(f"The 'params' of DampedNewton must be parameters of its 'model'. Got {len(missing)} "
+                             f"that are not (shapes {missing}).")
+        self.model, self._names = model, [names[id(p)] for p in self._params()]
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
@@ -192,12 +201,22 @@ class DampedNewton(FullBatchOptimizer):
         return torch.tensor(before)
 
     def _hessian(self, closure: Closure) -> Tensor:
-        grad = self._graph_grad(closure)
-        eye = torch.eye(len(grad), dtype=grad.dtype, device=grad.device)
-        with torch.enable_grad():
-            rows = torch.autograd.grad(grad, self._params(), eye, is_grads_batched=True, allow_unused=True)
-        hessian = torch.cat([torch.zeros(len(grad), p.numel(), dtype=grad.dtype, device=grad.device) if r is None
-                             else r.reshape(len(grad), -1) for r, p in zip(rows, self._params())], dim=1)
+        """∇²f by ``torch.func.hessian`` (forward-over-reverse) of f as a pure function of the flat parameters:
+        ``functional_call`` puts them into the model while ``closure(backward=False)`` runs (kernel penalties read
+        their weights through the modules, so they see them too)."""
+        params = self._params()
+        shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+        objective = _ClosureModule(self.model, closure)
+
+        def f(flat: Tensor) -> Tensor:
+            tensors = [t.view(shape) for t, shape in zip(flat.split(sizes), shapes)]
+            loss = torch.func.functional_call(objective, {f"model.{n}": t for n, t in zip(self._names, tensors)}, ())
+            return loss + sum(lam / 2 * t.square().sum() for t, lam in zip(tensors, self._decay()) if lam)
+
+        with torch.enable_grad(), warnings.catch_warnings():
+            # torch.func's forward-mode import scripts a helper with torch.jit, which warns on torch >= 2.10.
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+            hessian = torch.func.hessian(f)(parameters_to_vector(params).detach())
         return (hessian + hessian.T) / 2
 
     def _backtrack(self, closure: Closure, theta: Tensor, f: float, g: Tensor,
@@ -212,6 +231,18 @@ class DampedNewton(FullBatchOptimizer):
                 return trial, f_trial, g_trial
             alpha /= 2
         return None
+
+
+class _ClosureModule(nn.Module):
+    """The closure's objective as a module holding the model, so ``torch.func.functional_call`` can swap the
+    model's parameters for the duration of one evaluation."""
+
+    def __init__(self, model: nn.Module, closure: Closure):
+        super().__init__()
+        self.model, self.closure = model, closure
+
+    def forward(self) -> Tensor:
+        return self.closure(backward=False)
 
 
 def _modified_cholesky_solve(hessian: Tensor, g: Tensor, damping: float) -> Tensor:
