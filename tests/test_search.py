@@ -55,16 +55,20 @@ def test_grid_runs_every_point_exactly_once(tmp_path):
     assert len(done) == len(expected) == 4 and set(done) == expected and not others
 
 
+def _postgres_or_skip(server: str) -> str | None:
+    if server != "postgresql":
+        return None
+    # scripts/test.sh starts a throwaway server when PostgreSQL is installed (.ci/run installs it).
+    url = os.environ.get("TRAINLAB_TEST_POSTGRES")
+    if not url:
+        pytest.skip("no PostgreSQL server: TRAINLAB_TEST_POSTGRES is not set (scripts/test.sh starts one)")
+    return url
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("server", ["journal file", "postgresql"])
 def test_grid_with_two_worker_processes_loses_and_repeats_no_point(tmp_path, server):
-    storage = None
-    if server == "postgresql":
-        # scripts/test.sh starts a throwaway server when PostgreSQL is installed (.ci/run installs it).
-        storage = os.environ.get("TRAINLAB_TEST_POSTGRES")
-        if not storage:
-            pytest.skip("no PostgreSQL server: TRAINLAB_TEST_POSTGRES is not set (scripts/test.sh starts one)")
-    spec = spec_for(tmp_path, "grid", grid_points=3, workers=2, storage=storage)
+    spec = spec_for(tmp_path, "grid", grid_points=3, workers=2, storage=_postgres_or_skip(server))
     done, others = grid_counts(run_search(spec))
     expected = {tuple(sorted(p.items())) for p in grid_points(spec.space, 3)}
     assert len(done) == len(expected) == 6 and set(done) == expected and not others
@@ -175,41 +179,55 @@ def test_the_shipped_space_validates_against_the_example_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_killed_mid_trial_resumes_with_no_trial_left_running(tmp_path):
+@pytest.mark.parametrize("server", ["journal file", "postgresql"])
+def test_a_search_killed_mid_trial_resumes_with_no_trial_left_running(tmp_path, server):
+    """The journal file has no heartbeat: the resuming search fails the dead trial itself. PostgreSQL's trials
+    beat: one silent for the grace period is failed and retried by Optuna's heartbeat callback."""
     import signal
     import subprocess
     import sys
     import time
+    import uuid
 
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
+    from trainlab.search import open_storage
+
+    url, name = _postgres_or_skip(server), f"killed-{uuid.uuid4().hex[:8]}"
     slow = {**BASE, "data": {"dataset": {"name": "moons", "n_samples": 2000}, "batch_size": 8}, "epochs": 40}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(slow))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     args = [sys.executable, "-m", "trainlab.cli", "search", str(tmp_path / "base.yaml"), "--space",
             str(tmp_path / "space.yaml"), "--sampler", "random", "--trials", "2", "--out", str(tmp_path / "s"),
-            "--quiet"]
-    journal = tmp_path / "s" / "journal.log"
+            "--name", name, "--quiet", *(["--storage", url] if url else [])]
+    storage = lambda: open_storage(url, tmp_path / "s", 1)  # noqa: E731
+
+    def trials() -> list:
+        try:
+            return optuna.load_study(study_name=name, storage=storage()).trials
+        except KeyError:  # the study is not created yet
+            return []
+
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not (journal.is_file() and journal.stat().st_size > 0) and time.monotonic() < deadline:
+        while not trials() and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)  # inside the first trial's training
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         proc.kill()
-    storage = JournalStorage(JournalFileBackend(str(journal)))
-    killed = optuna.load_study(study_name="search", storage=storage).trials
-    assert [t.state.name for t in killed] == ["RUNNING"]  # the killed process left its trial running
+    assert [t.state.name for t in trials()] == ["RUNNING"]  # the killed process left its trial running
     quick = {**slow, "epochs": 1}
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(quick))
-    result = run_search(spec_for(tmp_path, "random", 2, base=quick))
+    if url:
+        time.sleep(3)  # longer than the resuming search's grace period: the dead worker's heartbeat is stale
+    result = run_search(make_spec(load_config(quick), tmp_path / "space.yaml", sampler="random", trials=2,
+                                  out=tmp_path / "s", storage=url, name=name, grace_s=2))
     states = [t.state.name for t in result.trials]
     assert "RUNNING" not in states and states.count("COMPLETE") == 2 and states[0] == "FAIL"
+    retried = [t for t in result.trials if t.number > 0 and t.params == result.trials[0].params]
+    assert retried and retried[0].state.name == "COMPLETE"
 
 
 def test_searches_with_their_own_names_share_one_storage_apart(tmp_path):

@@ -215,8 +215,9 @@ def make_pruner(name: str, epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_storage(url: str | None, out: Path, workers: int) -> Any:
-    """The study storage: a journal file (a path, ``OUT/journal.log`` by default) or an Optuna storage URL."""
+def open_storage(url: str | None, out: Path, workers: int, grace_s: int = GRACE_S) -> Any:
+    """The study storage: a journal file (a path, ``OUT/journal.log`` by default) or an Optuna storage URL (a
+    database: its workers beat every ``min(HEARTBEAT_S, grace_s / 3)`` s; one silent ``grace_s`` s is dead)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
@@ -229,9 +230,11 @@ def open_storage(url: str | None, out: Path, workers: int) -> Any:
                           f"{workers} workers would fail with 'database is locked'. Use --workers 1, the default "
                           f"journal file, or a PostgreSQL URL.")
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4: a warning on every open
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=max(1, min(HEARTBEAT_S, grace_s // 3)), grace_period=grace_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as e:  # any driver error (unreachable host, bad credentials, missing driver) means the same
         from sqlalchemy.engine import make_url
 
@@ -263,6 +266,7 @@ class SearchSpec:
     metric: str = "val_acc"
     workers: int = 1
     name: str = STUDY  # the study's name in the storage: searches sharing one database need their own
+    grace_s: int = GRACE_S  # database storage: a worker silent this long is dead, its trial failed and retried
 
     @property
     def maximize(self) -> bool:
@@ -335,7 +339,8 @@ def _study(spec: SearchSpec, name: str, space: Space, seed: int) -> optuna.Study
     # trainlab reports the trials itself; Optuna's INFO lines ("A new study created ...") would interleave.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
-        study_name=name, storage=open_storage(spec.storage, Path(spec.out), spec.workers), load_if_exists=True,
+        study_name=name, storage=open_storage(spec.storage, Path(spec.out), spec.workers, spec.grace_s),
+        load_if_exists=True,
         direction="maximize" if spec.maximize else "minimize",
         sampler=make_sampler("grid" if spec.sampler == "grid" else "tpe" if spec.sampler == "tpe" else "random",
                              space, seed, spec.grid_points),
@@ -365,7 +370,8 @@ def run_worker(spec: SearchSpec, name: str, space: Space, n_trials: int, worker:
 def _load(spec: SearchSpec, name: str) -> optuna.Study:
     import optuna
 
-    return optuna.load_study(study_name=name, storage=open_storage(spec.storage, Path(spec.out), spec.workers))
+    return optuna.load_study(study_name=name,
+                             storage=open_storage(spec.storage, Path(spec.out), spec.workers, spec.grace_s))
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
@@ -579,4 +585,4 @@ def make_spec(config: RunConfig, space: str | Path | Mapping[str, Any], *, sampl
     return SearchSpec(config.model_dump(mode="json"), space, sampler, trials, str(out), seeds=seeds,
                       prune=options.get("prune", "none"), seed=options.get("seed", 0), grid_points=points,
                       storage=options.get("storage"), metric=metric, workers=workers,
-                      name=check_study_name(options.get("name", STUDY)))
+                      name=check_study_name(options.get("name", STUDY)), grace_s=options.get("grace_s", GRACE_S))
