@@ -26,8 +26,8 @@ class FakeStudy(Study[Budget]):
     title = "A <fake> study"
     question = "Does a large learning rate fit the moons in a few epochs?"
     smoke = Budget(seeds=2, epochs=1)
-    quick = Budget(seeds=3, epochs=5)
-    full = Budget(seeds=5, epochs=5)
+    quick = Budget(seeds=10, epochs=5)
+    full = Budget(seeds=20, epochs=5)
     arms = {"slow": {"optimizer.lr": 1e-4}, "fast": {"optimizer.lr": 0.05}}
     claims = (Claim("fast", "With a large learning rate the training loss falls below ln 2, a coin flip's.",
                     lambda r: threshold_result(finals(r["runs"]["fast"], "train_loss"), "<", math.log(2),
@@ -55,7 +55,7 @@ class FakeStudy(Study[Budget]):
 
 def test_arms_times_seeds_are_trained_once_then_loaded_from_the_store(tmp_path, train_calls):
     study = FakeStudy()
-    ctx = make_context(study, mode="quick", out=tmp_path)
+    ctx = make_context(study, mode="quick", seeds=3, out=tmp_path)
     outcome = run_study(study, ctx)
     assert len(train_calls) == 2 * 3
     assert {c.seed for c in train_calls} == {0, 1, 2}
@@ -67,7 +67,7 @@ def test_arms_times_seeds_are_trained_once_then_loaded_from_the_store(tmp_path, 
     assert claim.numbers["n"] == 3 and claim.numbers["ci_high"] < math.log(2)
     assert (tmp_path / outcome.figures[0].path).is_file()
 
-    again = run_study(study, make_context(study, mode="quick", out=tmp_path))
+    again = run_study(study, make_context(study, mode="quick", seeds=3, out=tmp_path))
     assert len(train_calls) == 6  # nothing retrained
     assert (again.runs_trained, again.runs_cached) == (0, 6)
     assert study.computed == 1
@@ -141,10 +141,17 @@ def test_unknown_study_names_and_small_budgets_are_rejected():
 
     class TooFew(FakeStudy):
         name = "too_few"
-        quick = Budget(seeds=2, epochs=1)
+        quick = Budget(seeds=9, epochs=1)
 
-    with pytest.raises(ValueError, match="at least 3 seeds"):
+    with pytest.raises(ValueError, match="quick budget of study 'too_few' must have at least 10 seeds. Got 9"):
         register_study(TooFew)
+
+    class TooFewFull(FakeStudy):
+        name = "too_few_full"
+        full = Budget(seeds=19, epochs=1)
+
+    with pytest.raises(ValueError, match="full budget of study 'too_few_full' must have at least 20 seeds. Got 19"):
+        register_study(TooFewFull)
 
 
 def test_cached_stores_arrays_and_json_values(tmp_path):

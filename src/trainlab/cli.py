@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from pydantic import ValidationError
 
-from trainlab.registry import REGISTRIES, registry
+from trainlab.registry import REGISTRIES, format_validation_error, registry
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Train neural networks well, and measure what each technique does.")
+
 
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
@@ -24,16 +26,26 @@ def fail(message: str) -> None:
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input ends the command with exit status 2 and its message, never a traceback."""
+    """Bad input ends the command with exit status 2 and its message, never a traceback.
+
+    ``OSError`` covers a file that is missing, unreadable or unwritable (a read-only ``--out``, a full disk).
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as e:
-            fail(str(e))
+        except (ValueError, TypeError, OSError, ModuleNotFoundError) as e:
+            fail(error_message(e))
 
     return wrapper
+
+
+def error_message(err: Exception) -> str:
+    """What ``err`` says to a user: pydantic's errors as one line each, with their path, value and rule."""
+    if isinstance(err, ValidationError):
+        return format_validation_error(err, None, err.title)
+    return str(err) or type(err).__name__
 
 
 def console(stderr: bool = False) -> Any:
@@ -106,7 +118,7 @@ def schedule(spec: str = typer.Argument(..., help="A schedule name or YAML mappi
     try:
         raw = yaml.safe_load(spec)
     except yaml.YAMLError as e:
-        fail(f"The schedule SPEC must be a name or a YAML mapping. Got {spec!r} ({e}).")
+        fail(f"The schedule SPEC must be a name or a YAML mapping. Got {spec!r} ({' '.join(str(e).split())}).")
     sched = SCHEDULES.create(raw)
     lrs = preview(sched, steps, steps_per_epoch, lr)
     points = sorted({0, sched.warmup_steps, steps // 4, steps // 2, 3 * steps // 4, steps - 1} & set(range(steps)))
@@ -211,7 +223,8 @@ def parse_data(value: Optional[str]) -> Any:
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
-        fail(f"--data must be a dataset name or a YAML mapping of data fields. Got {value!r} ({e}).")
+        fail(f"--data must be a dataset name or a YAML mapping of data fields. Got {value!r} "
+             f"({' '.join(str(e).split())}).")
     if not isinstance(parsed, (str, dict)):
         fail(f"--data must be a dataset name or a YAML mapping of data fields. Got {value!r}.")
     return parsed
@@ -220,13 +233,15 @@ def parse_data(value: Optional[str]) -> Any:
 @app.command()
 @user_errors
 def study(name: str = typer.Argument(..., help="A study name, or 'all'. 'trainlab study list' lists them."),
-          quick: bool = typer.Option(False, "--quick", help="The quick budget (>= 3 seeds) instead of the full one "
-                                                            "(>= 5 seeds)."),
+          quick: bool = typer.Option(False, "--quick", help="The quick budget (>= 10 seeds) instead of the full one "
+                                                            "(>= 20 seeds)."),
           smoke: bool = typer.Option(False, "--smoke", hidden=True, help="The tests' tiny budget."),
           seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Number of seeds [default: the budget's]."),
           data: Optional[str] = typer.Option(None, "--data", help="Replace the dataset of trained runs: a name "
                                                                   "('digits') or a YAML mapping of data fields."),
           out: Path = typer.Option(Path("reports"), "--out", help="Report folder (runs are cached in OUT/runs/<study>)."),
+          workers: int = typer.Option(1, "--workers", min=1, help="Studies run at once, each in its own process "
+                                                                  "(cores / workers threads each)."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
     """Run a study (or all): train its arms over seeds, test each claim, write the HTML report."""
     from rich.table import Table
@@ -247,7 +262,7 @@ def study(name: str = typer.Argument(..., help="A study name, or 'all'. 'trainla
         con.print(f"{outcome.name}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
                   + f" ({outcome.runtime_s:.0f} s, {outcome.runs_trained} runs trained)", highlight=False)
 
-    run_studies(name, mode=mode, seeds=seeds, data=parse_data(data), out=out, progress=not quiet,
+    run_studies(name, mode=mode, seeds=seeds, data=parse_data(data), out=out, progress=not quiet, workers=workers,
                 on_outcome=announce)
     con.print(f"report: {out / 'index.html'}", highlight=False)
 

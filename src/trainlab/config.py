@@ -6,7 +6,8 @@ component's ``name`` is looked up in its registry during validation, so a typo f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from trainlab.callbacks import EarlyStoppingConfig
 from trainlab.data import DataConfig
 from trainlab.models import MODELS
 from trainlab.optimizers import OPTIMIZERS
-from trainlab.registry import ConfigError, Section, format_validation_error, registries, suggest
+from trainlab.registry import ConfigError, Section, format_validation_error, registries, short_repr, suggest
 from trainlab.regularizers import REGULARIZERS
 from trainlab.schedules import SCHEDULES
 
@@ -43,32 +44,80 @@ class RunConfig(Section):
     checkpoint_every_epochs: int = Field(1, ge=1)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' may override keys: not a repeat
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # PyYAML itself reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {short_repr(key)} appears twice in one mapping; keep one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line from a PyYAML error: what is wrong and where (PyYAML's own message spans several lines)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{err.problem}{where}"
+    return " ".join(str(err).split())
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; a missing, unreadable, empty or malformed file is a ConfigError."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"Config file not found: {str(path)!r}.")
+    if not path.is_file():
+        raise ConfigError(f"The config path {str(path)!r} is not a file. Give the path of a YAML config file.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except OSError as e:
+        raise ConfigError(f"The config file {str(path)!r} cannot be read: {e.strerror or e}.") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"The config file {str(path)!r} is not UTF-8 text: byte {e.start} is "
+                          f"{e.object[e.start:e.start + 1]!r}.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {_yaml_problem(e)}.") from None
+    except RecursionError:
+        raise ConfigError(f"The config file {str(path)!r} nests its values too deeply to read.") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(f"The config file {str(path)!r} is empty (or holds only comments). A config is a YAML "
+                          f"mapping of keys to values, e.g. 'epochs: 10'; write '{{}}' to train the defaults.")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of keys to values. Got {type(raw).__name__} instead.")
+        raise ConfigError(f"The config file {str(path)!r} must be a mapping of keys to values. Got "
+                          f"{type(raw).__name__} {short_repr(raw)} instead.")
     return raw
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["optimizer.lr=3e-3", "model.norm=batch"]`` -> ``{"optimizer.lr": 0.003, ...}``; values parse as YAML."""
+    if isinstance(items, (str, bytes)):
+        raise ConfigError(f"Overrides must be a list of 'a.b=value' strings or a mapping of paths to values. "
+                          f"Got one string {short_repr(items)} instead; put it in a list.")
     out: dict[str, Any] = {}
     for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"An override must be a string like 'a.b=value'. Got {type(item).__name__} "
+                              f"{short_repr(item)} instead.")
         path, sep, value = item.partition("=")
         if not sep or not path.strip():
-            raise ConfigError(f"An override must look like 'a.b=value'. Got {item!r} instead.")
+            raise ConfigError(f"An override must look like 'a.b=value'. Got {short_repr(item)} instead.")
         try:
-            out[path.strip()] = yaml.safe_load(value) if value.strip() else None
+            out[path.strip()] = yaml.load(value, Loader=_UniqueKeyLoader) if value.strip() else None
         except yaml.YAMLError:
             out[path.strip()] = value
+        except RecursionError:
+            raise ConfigError(f"The value of the override {path.strip()!r} nests too deeply to read.") from None
     return out
 
 
@@ -144,9 +193,16 @@ def load_config(source: str | Path | Mapping[str, Any] | RunConfig,
         config = source
     elif isinstance(source, Mapping):
         config = resolve(source)
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         config = resolve(read_yaml(source))
+    else:
+        raise ConfigError(f"The 'source' argument of load_config must be a YAML file path, a mapping or a "
+                          f"RunConfig. Got {type(source).__name__} {short_repr(source)} instead.")
     overrides = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    bad = [path for path in overrides if not isinstance(path, str)]
+    if bad:
+        raise ConfigError(f"An override path must be a dotted string like 'optimizer.lr'. Got "
+                          f"{type(bad[0]).__name__} {short_repr(bad[0])} instead.")
     if not overrides:
         return config
     return resolve(apply_overrides(config.model_dump(), overrides))

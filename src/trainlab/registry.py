@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import reprlib
 from collections.abc import Iterator
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, SerializeAsAny, ValidationError, model_serializer,
                       model_validator)
+from pydantic_core import InitErrorDetails
 
 
 class ConfigError(ValueError):
@@ -25,10 +27,46 @@ def suggest(name: str, choices: list[str]) -> str:
     return f"Did you mean '{close[0]}'? " if close else ""
 
 
-class Section(BaseModel):
-    """A frozen config model that answers an unknown key with the closest known one and the list of all."""
+# A value quoted in a message stays short, however big the input (a YAML alias can nest a huge structure).
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 3, 80, 80, 6, 6
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to a few dozen characters: what an error message quotes as "Got ... instead"."""
+    return _SHORT.repr(value)
+
+
+def _number_types(annotation: Any) -> set[Any]:
+    """The plain number types (``int``, ``float``, ``bool``) an annotation accepts, at any depth."""
+    if any(annotation is t for t in (int, float, bool)):
+        return {annotation}
+    return set().union(*(_number_types(a) for a in get_args(annotation)))
+
+
+def _bool_errors(cls: type[BaseModel], data: dict[Any, Any]) -> list[InitErrorDetails]:
+    """A ``true``/``false`` given for a number: pydantic would read it as 1 or 0, so it is an error here."""
+    errors: list[InitErrorDetails] = []
+    for key, value in data.items():
+        if key not in cls.model_fields:
+            continue
+        numbers = _number_types(cls.model_fields[key].annotation)
+        if not numbers or bool in numbers:
+            continue
+        kind = "float_type" if float in numbers else "int_type"
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        errors += [InitErrorDetails(type=kind, loc=(key,) if i is None else (key, i), input=v)
+                   for i, v in items if isinstance(v, bool)]
+    return errors
+
+
+class Section(BaseModel):
+    """A frozen config model that answers an unknown key with the closest known one and the list of all.
+
+    Numbers must be finite (NaN and inf are refused), and ``true``/``false`` is not a number.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     @classmethod
     def owner_name(cls) -> str:
@@ -41,8 +79,11 @@ class Section(BaseModel):
             fields = list(cls.model_fields)
             for key in data:
                 if key not in cls.model_fields:
-                    raise ValueError(f"{cls.owner_name()} has no parameter {key!r}. {suggest(str(key), fields)}"
-                                     f"Available: {', '.join(fields) or 'none'}.")
+                    raise ValueError(f"{cls.owner_name()} has no parameter {short_repr(key)}. "
+                                     f"{suggest(str(key), fields)}Available: {', '.join(fields) or 'none'}.")
+            errors = _bool_errors(cls, data)
+            if errors:
+                raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
 
 
@@ -99,11 +140,13 @@ class Registry(Generic[C]):
         return decorate
 
     def get(self, name: str) -> type[C]:
-        try:
-            return self._classes[name]
-        except KeyError:
-            raise ConfigError(f"Unknown {self.kind} {name!r}. {suggest(str(name), self.names())}"
-                              f"Available: {', '.join(self.names())}.") from None
+        if not isinstance(name, str):
+            raise ConfigError(f"The name of {_a(self.kind).lower()} must be a string, one of: "
+                              f"{', '.join(self.names())}. Got {type(name).__name__} {short_repr(name)} instead.")
+        if name not in self._classes:
+            raise ConfigError(f"Unknown {self.kind} {short_repr(name)}. {suggest(name, self.names())}"
+                              f"Available: {', '.join(self.names())}.")
+        return self._classes[name]
 
     def names(self) -> list[str]:
         return list(self._classes)
@@ -113,7 +156,7 @@ class Registry(Generic[C]):
         return {n: c.describe() for n, c in self._classes.items()}
 
     def __contains__(self, name: object) -> bool:
-        return name in self._classes
+        return isinstance(name, str) and name in self._classes
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._classes)
@@ -125,29 +168,36 @@ class Registry(Generic[C]):
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
 
     def create(self, value: Any) -> C:
-        """A component from an instance, a name, or a ``{name: ..., **fields}`` mapping."""
+        """A component from an instance, a name, or a ``{name: ..., **fields}`` mapping (pydantic validates the
+        fields; ``validate_section`` turns its errors into one ``ConfigError``)."""
+        cls, fields = self._parse(value)
+        return value if cls is None else cls.model_validate(fields)
+
+    def _parse(self, value: Any) -> tuple[type[C] | None, dict[Any, Any]]:
+        """(class, fields) named by a config value; (None, {}) for an instance, which is used as it is."""
         if isinstance(value, self.base):
-            return value
+            return None, {}
         if isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, dict):
             raise TypeError(f"{_a(self.kind)} must be a name or a mapping with a 'name' key. "
-                            f"Got {type(value).__name__} {value!r} instead.")
+                            f"Got {type(value).__name__} {short_repr(value)} instead.")
         if "name" not in value:
-            raise ValueError(f"{_a(self.kind)} mapping needs a 'name' key; one of: {', '.join(self.names())}. "
-                             f"Got keys {sorted(value)} instead.")
-        fields = {k: v for k, v in value.items() if k != "name"}
-        return self.get(value["name"]).model_validate(fields)
+            raise ConfigError(f"{_a(self.kind)} mapping needs a 'name' key; one of: {', '.join(self.names())}. "
+                              f"Got keys {short_repr(sorted(map(str, value)))} instead.")
+        return self.get(value["name"]), {k: v for k, v in value.items() if k != "name"}
 
     def field(self):
         """The type of a config field holding one component of this registry."""
         return Annotated[SerializeAsAny[self.base], BeforeValidator(self._validate_field)]
 
     def _validate_field(self, value: Any) -> Any:
+        # Inside a config the component's field errors stay pydantic's, so they keep their path (``optimizer.lr``).
         try:
-            return self.create(value)
+            cls, fields = self._parse(value)
         except (ConfigError, TypeError) as e:
             raise ValueError(str(e)) from None
+        return value if cls is None else cls.model_validate(fields)
 
 
 #: Every registry, by kind, with the module and name it is defined under. Imported on first use (so that
@@ -229,5 +279,5 @@ def format_validation_error(err: ValidationError, raw: Any, owner: str) -> str:
         msg = msg.replace("Input should be", "must be").replace("Input should have", "must have")
         if not msg.startswith("must"):
             msg = f"is invalid: {msg}"
-        lines.append(f"{path}: The {field!r} parameter of {parent} {msg}. Got {e.get('input')!r} instead.")
+        lines.append(f"{path}: The {field!r} parameter of {parent} {msg}. Got {short_repr(e.get('input'))} instead.")
     return "\n".join(lines)

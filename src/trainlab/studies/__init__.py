@@ -10,6 +10,7 @@ config in turn and reports what each does.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +32,8 @@ __all__ = ["STUDIES", "Budget", "Claim", "ClaimOutcome", "ClaimResult", "FigureR
            "run_studies", "series", "toggles"]
 
 STUDIES: dict[str, Study[Any]] = {}
+# Seeds per trained arm at least: 10 per arm as DeepOBS's protocol, 20 reruns as AlgoPerf's target setting.
+QUICK_SEEDS, FULL_SEEDS = 10, 20
 S = TypeVar("S", bound=type[Study[Any]])
 
 
@@ -38,7 +41,7 @@ def register_study(cls: S) -> S:
     """Class decorator: add one instance of the study to ``STUDIES`` under ``cls.name``."""
     if cls.name in STUDIES:
         raise ValueError(f"The study name {cls.name!r} is already registered to {type(STUDIES[cls.name]).__name__}.")
-    for mode, least in (("quick", 3), ("full", 5)):
+    for mode, least in (("quick", QUICK_SEEDS), ("full", FULL_SEEDS)):
         if getattr(cls, mode).seeds < least:
             raise ValueError(f"The {mode} budget of study {cls.name!r} must have at least {least} seeds. "
                              f"Got {getattr(cls, mode).seeds} instead.")
@@ -104,33 +107,64 @@ def run_study(study: Study[B], ctx: StudyContext[B]) -> StudyOutcome:
 
 def run_studies(names: str | Sequence[str] = "all", *, mode: Mode = "quick",
                 seeds: int | Sequence[int] | None = None, data: str | Mapping[str, Any] | None = None,
-                out: str | Path = "studies", progress: bool = True,
+                out: str | Path = "studies", progress: bool = True, workers: int = 1,
                 on_outcome: Callable[[StudyOutcome], None] | None = None) -> list[StudyOutcome]:
     """Run studies (``"all"`` or names) and write the report in ``out`` (``out/index.html``).
 
-    ``mode`` picks each study's budget (``"quick"``: >= 3 seeds; ``"full"``: >= 5; ``"smoke"``: the tests' tiny
-    one); ``seeds`` replaces its seed count; ``data`` replaces the dataset of trained runs. Runs are cached in
-    ``out/runs/<study>`` by config hash, so a second call trains nothing new. The index lists every outcome stored in
-    ``out``, including those of earlier calls. ``on_outcome`` is called after each study (the CLI prints a line).
+    ``mode`` picks each study's budget (``"quick"``: >= 10 seeds; ``"full"``: >= 20; ``"smoke"``: the tests' tiny
+    one); ``seeds`` replaces its seed count; ``data`` replaces the dataset of trained runs. ``workers`` > 1 runs
+    that many studies at once in worker processes (``executors.run_in_pool``; the slowest known first), each with
+    its own run store. Runs are cached in ``out/runs/<study>`` by config hash, so a second call trains nothing new.
+    The index lists every outcome stored in ``out``, including those of earlier calls. ``on_outcome`` is called
+    after each study (the CLI prints a line).
     """
+    from trainlab.executors import Job, check_workers, run_in_pool
     from trainlab.report import render_report
 
     if mode not in MODES:
         raise ValueError(f"The 'mode' parameter must be one of {', '.join(MODES)}. Got {mode!r} instead.")
-    studies = select(names)
-    outcomes = []
+    check_workers(workers)
+    order = [s.name for s in select(names)]
+    studies = _slowest_first(select(names), Path(out)) if workers > 1 else select(names)
+    jobs = [Job(f"study {s.name!r}", _run_named, (s.name, mode, seeds, data, str(out))) for s in studies]
     with _progress(progress) as bars:
         overall = bars.add_task("studies", total=len(studies)) if bars is not None else None
-        for study in studies:
-            ctx = make_context(study, mode=mode, seeds=seeds, data=data, out=out, progress=bars)
-            outcome = run_study(study, ctx)
-            outcomes.append(outcome)
+
+        def finished(job: Job, outcome: StudyOutcome) -> None:
             if on_outcome is not None:
                 on_outcome(outcome)
             if bars is not None:
                 bars.advance(overall)
+
+        outcomes = run_in_pool(jobs, workers, bars, finished)
     render_report(out)
-    return outcomes
+    return sorted(outcomes, key=lambda o: order.index(o.name))
+
+
+def _run_named(name: str, mode: Mode, seeds: int | Sequence[int] | None, data: str | Mapping[str, Any] | None,
+               out: str, progress: Any = None) -> StudyOutcome:
+    """One study by name (a worker process's job: the study objects themselves stay in the parent)."""
+    if name not in STUDIES:
+        raise ValueError(f"The study {name!r} is not registered in this worker process: a study run with workers > 1 "
+                         f"must be registered in an importable module (trainlab.studies or one it imports); or use "
+                         f"workers=1.")
+    study = STUDIES[name]
+    return run_study(study, make_context(study, mode=mode, seeds=seeds, data=data, out=out, progress=progress))
+
+
+def _slowest_first(studies: list[Study[Any]], out: Path) -> list[Study[Any]]:
+    """Studies by the runtime of their stored outcome in ``out``, longest first; those never run keep their order
+    ahead of the rest (their time is unknown)."""
+    import json
+
+    def runtime(study: Study[Any]) -> float:
+        path = out / "outcomes" / f"{study.name}.json"
+        try:
+            return float(json.loads(path.read_text()).get("runtime_s", math.inf))
+        except (OSError, ValueError):
+            return math.inf
+
+    return sorted(studies, key=lambda s: -runtime(s))
 
 
 def toggles(config: RunConfig) -> dict[str, dict[str, Any]]:

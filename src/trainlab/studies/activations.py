@@ -254,8 +254,8 @@ class Activations(Study[ActivationBudget]):
     order = 2
     smoke = ActivationBudget(seeds=2, epochs=1, train_size=300, depth=3, every=2, bench_sizes=(1 << 12, 1 << 14),
                              bench_reps=2)
-    quick = ActivationBudget(seeds=3, epochs=12)
-    full = ActivationBudget(seeds=5, epochs=30, bench_reps=50)
+    quick = ActivationBudget(seeds=10, epochs=12)
+    full = ActivationBudget(seeds=20, epochs=30, bench_reps=50)
     claims = CLAIMS
 
     def base_config(self, b: ActivationBudget) -> dict[str, Any]:

@@ -234,8 +234,8 @@ class Study(ABC, Generic[B]):
     order: ClassVar[int] = 100  # position in the report (the issue's study number)
     # The three budgets are set on the class (a ClassVar cannot hold the type variable B).
     smoke: B  # the tests' end-to-end budget: seconds, seeds may be < 3
-    quick: B  # >= 3 seeds
-    full: B  # >= 5 seeds
+    quick: B  # >= 10 seeds (studies.QUICK_SEEDS)
+    full: B  # >= 20 seeds (studies.FULL_SEEDS)
     claims: ClassVar[tuple[Claim, ...]] = ()
 
     def budget(self, mode: Mode) -> B:

@@ -140,8 +140,8 @@ class BatchNorm(Study[BatchNormBudget]):
                 "activation?")
     order = 7
     smoke = BatchNormBudget(seeds=2, epochs=2, train_size=200, scales=2, lrs=(0.01, 1.0), depth=3, width=32)
-    quick = BatchNormBudget(seeds=3, epochs=20, train_size=1000)
-    full = BatchNormBudget(seeds=5, epochs=30, train_size=1000, scales=16)
+    quick = BatchNormBudget(seeds=10, epochs=20, train_size=1000)
+    full = BatchNormBudget(seeds=20, epochs=30, train_size=1000, scales=16)
     claims = CLAIMS
 
     def base_config(self, budget: BatchNormBudget) -> dict[str, Any]:

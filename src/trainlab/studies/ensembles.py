@@ -145,7 +145,7 @@ class Ensembles(Study[EnsembleBudget]):
                 "they beat their own average member?")
     order = 11
     smoke = EnsembleBudget(seeds=2, epochs=6, train_size=300, members=3)
-    quick = EnsembleBudget(seeds=8, epochs=15, train_size=500)
+    quick = EnsembleBudget(seeds=10, epochs=15, train_size=500)
     full = EnsembleBudget(seeds=20, epochs=20, train_size=500)
     claims = CLAIMS
 

@@ -203,8 +203,8 @@ class InitActivations(Study[InitBudget]):
                 "(sigmoid, tanh, ReLU), and does it change what the network learns?")
     order = 1
     smoke = InitBudget(seeds=2, epochs=1, train_size=300, layers=6, samples=200, networks=2, train_depth=3)
-    quick = InitBudget(seeds=3, epochs=8)
-    full = InitBudget(seeds=5, epochs=30)
+    quick = InitBudget(seeds=10, epochs=8)
+    full = InitBudget(seeds=20, epochs=30)
     claims = CLAIMS
 
     def base_config(self, budget: InitBudget) -> dict[str, Any]:

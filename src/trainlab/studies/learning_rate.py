@@ -114,8 +114,8 @@ class LearningRate(Study[LRBudget]):
                 "good one in a single short run?")
     order = 4
     smoke = LRBudget(seeds=2, epochs=1, train_size=300, lrs=(1e-3, 0.1, 10.0), range_steps=20)
-    quick = LRBudget(seeds=3, epochs=10)
-    full = LRBudget(seeds=5, epochs=30, range_steps=200)
+    quick = LRBudget(seeds=10, epochs=10)
+    full = LRBudget(seeds=20, epochs=30, range_steps=200)
     claims = CLAIMS
 
     def base_config(self) -> dict[str, Any]:

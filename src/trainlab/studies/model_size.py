@@ -159,8 +159,8 @@ class ModelSize(Study[SizeBudget]):
                 "on the full training set?")
     order = 8
     smoke = SizeBudget(seeds=2, epochs=2, depths=(1, 2), widths=(8, 32), small_size=100, small_epochs=6)
-    quick = SizeBudget(seeds=3, epochs=20)
-    full = SizeBudget(seeds=5, epochs=40, depths=(1, 2, 4, 6), widths=(8, 16, 32, 64, 128, 256, 512),
+    quick = SizeBudget(seeds=10, epochs=20)
+    full = SizeBudget(seeds=20, epochs=40, depths=(1, 2, 4, 6), widths=(8, 16, 32, 64, 128, 256, 512),
                       small_epochs=150)
     claims = CLAIMS
 

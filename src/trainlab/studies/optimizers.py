@@ -183,8 +183,8 @@ class Optimizers(Study[OptimizerBudget]):
                 "how fast does each train a network?")
     order = 3
     smoke = OptimizerBudget(seeds=2, epochs=2, train_size=300, path_steps=10, lr_factors=(1.0,))
-    quick = OptimizerBudget(seeds=3, epochs=8)
-    full = OptimizerBudget(seeds=5, epochs=30)
+    quick = OptimizerBudget(seeds=10, epochs=8)
+    full = OptimizerBudget(seeds=20, epochs=30)
     claims = CLAIMS
 
     def base_config(self) -> dict[str, Any]:

@@ -230,8 +230,8 @@ class Regularization(Study[RegularizationBudget]):
                 "gap, and what do they do to the weights?")
     order = 6
     smoke = RegularizationBudget(seeds=2, epochs=3, train_size=200, width=32, mc_samples=4)
-    quick = RegularizationBudget(seeds=3, epochs=80, train_size=500)
-    full = RegularizationBudget(seeds=6, epochs=120, train_size=500)
+    quick = RegularizationBudget(seeds=10, epochs=80, train_size=500)
+    full = RegularizationBudget(seeds=20, epochs=120, train_size=500)
     claims = CLAIMS
 
     def base_config(self, budget: RegularizationBudget) -> dict[str, Any]:

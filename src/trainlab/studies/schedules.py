@@ -136,8 +136,8 @@ class Schedules(Study[ScheduleBudget]):
     order = 5
     smoke = ScheduleBudget(seeds=2, epochs=3, train_size=300, lrs=(0.1,), warmup_epochs=1, plateau_patience=1,
                            stability_epochs=2)
-    quick = ScheduleBudget(seeds=4, epochs=18)
-    full = ScheduleBudget(seeds=5, epochs=30, lrs=(0.03, 0.1, 0.3), plateau_patience=3, stability_epochs=8)
+    quick = ScheduleBudget(seeds=10, epochs=18)
+    full = ScheduleBudget(seeds=20, epochs=30, lrs=(0.03, 0.1, 0.3), plateau_patience=3, stability_epochs=8)
     claims = CLAIMS
 
     def base_config(self) -> dict[str, Any]:

@@ -122,8 +122,8 @@ class HyperparameterSearch(Study[SearchBudget]):
                 "does coarse-to-fine refine, and how does TPE compare?")
     order = 10
     smoke = SearchBudget(seeds=2, epochs=2, train_size=300, grid_points=2)
-    quick = SearchBudget(seeds=3, epochs=6, train_size=800)
-    full = SearchBudget(seeds=8, epochs=10, train_size=1000, grid_points=5)
+    quick = SearchBudget(seeds=10, epochs=6, train_size=800)
+    full = SearchBudget(seeds=20, epochs=10, train_size=1000, grid_points=5)
     claims = CLAIMS
 
     def base_config(self) -> dict[str, Any]:

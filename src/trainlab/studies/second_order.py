@@ -214,8 +214,8 @@ class SecondOrder(Study[SecondOrderBudget]):
                 "target loss on a small network, and does Newton's cost grow as O(m³) in the parameter count m?")
     order = 12
     smoke = SecondOrderBudget(seeds=2, epochs=40, train_size=128, iterations=30, widths=(10, 20, 40, 80), repeats=2)
-    quick = SecondOrderBudget(seeds=4, epochs=100, train_size=256)
-    full = SecondOrderBudget(seeds=5, epochs=200, train_size=256, iterations=100,
+    quick = SecondOrderBudget(seeds=10, epochs=100, train_size=256)
+    full = SecondOrderBudget(seeds=20, epochs=200, train_size=256, iterations=100,
                              widths=(10, 20, 40, 80, 160, 300), repeats=5)
     claims = CLAIMS
 

@@ -1,0 +1,64 @@
+"""Local process pool: studies in worker processes give the outcomes they give in this one; errors and progress
+come back to the parent."""
+
+from __future__ import annotations
+
+import io
+import queue
+
+import pytest
+from rich.console import Console
+from rich.progress import Progress
+
+from trainlab.executors import Job, QueueProgress, _relay, check_workers, run_in_pool
+from trainlab.studies import _run_named, run_studies
+
+SMOKE = ["learning_rate", "preprocessing"]
+
+
+def _decisions(outcomes):
+    return [(o.name, [(c.key, c.verdict, c.evidence) for c in o.claims], o.tables) for o in outcomes]
+
+
+@pytest.mark.slow
+def test_studies_in_two_worker_processes_match_one_process(tmp_path):
+    done = []
+    pooled = run_studies(SMOKE, mode="smoke", out=tmp_path / "pool", workers=2, progress=False,
+                         on_outcome=lambda o: done.append(o.name))
+    alone = run_studies(SMOKE, mode="smoke", out=tmp_path / "alone", workers=1, progress=False)
+    assert [o.name for o in pooled] == SMOKE and sorted(done) == sorted(SMOKE)
+    assert _decisions(pooled) == _decisions(alone)
+    assert (tmp_path / "pool" / "index.html").is_file()
+    assert {p.name for p in (tmp_path / "pool" / "runs").iterdir()} == set(SMOKE)
+
+
+def test_a_failing_job_is_raised_in_the_parent_with_its_name(tmp_path):
+    jobs = [Job("study 'nope'", _run_named, ("nope", "smoke", None, None, str(tmp_path))),
+            Job("study 'nope either'", _run_named, ("nope either", "smoke", None, None, str(tmp_path)))]
+    with pytest.raises(RuntimeError, match="study 'nope.*' failed in a worker process: ValueError: The study "
+                                           "'nope.*' is not registered in this worker process"):
+        run_in_pool(jobs, workers=2)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_workers_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match=f"The 'workers' parameter must be an int >= 1 .* Got {bad!r} instead"):
+        check_workers(bad)
+
+
+def test_queue_progress_drives_the_parents_display():
+    messages: queue.Queue = queue.Queue()
+    worker = QueueProgress(messages)
+    first, second = worker.add_task("arm a", total=3), worker.add_task("arm b", total=2)
+    worker.advance(first)
+    worker.advance(first, 2)
+    worker.update(second, description="arm b'")
+    worker.remove_task(second)
+    worker.console.print("a note")
+    messages.put(None)
+    out = io.StringIO()
+    with Progress(console=Console(file=out, force_terminal=False)) as display:
+        _relay(messages, display)
+        tasks = {t.description: (t.completed, t.total) for t in display.tasks}
+    assert tasks == {"arm a": (3, 3)} and first != second
+    assert "a note" in out.getvalue()
