@@ -118,7 +118,9 @@ def schedule(spec: str = typer.Argument(..., help="A schedule name or YAML mappi
     try:
         raw = yaml.safe_load(spec)
     except yaml.YAMLError as e:
-        fail(f"The schedule SPEC must be a name or a YAML mapping. Got {spec!r} ({' '.join(str(e).split())}).")
+        from trainlab.config import yaml_problem
+
+        fail(f"The schedule SPEC must be a name or a YAML mapping. Got {spec!r} ({yaml_problem(e)}).")
     sched = SCHEDULES.create(raw)
     lrs = preview(sched, steps, steps_per_epoch, lr)
     points = sorted({0, sched.warmup_steps, steps // 4, steps // 2, 3 * steps // 4, steps - 1} & set(range(steps)))
@@ -223,8 +225,9 @@ def parse_data(value: Optional[str]) -> Any:
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
-        fail(f"--data must be a dataset name or a YAML mapping of data fields. Got {value!r} "
-             f"({' '.join(str(e).split())}).")
+        from trainlab.config import yaml_problem
+
+        fail(f"--data must be a dataset name or a YAML mapping of data fields. Got {value!r} ({yaml_problem(e)}).")
     if not isinstance(parsed, (str, dict)):
         fail(f"--data must be a dataset name or a YAML mapping of data fields. Got {value!r}.")
     return parsed

@@ -63,7 +63,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
+def yaml_problem(err: yaml.YAMLError) -> str:
     """One line from a PyYAML error: what is wrong and where (PyYAML's own message spans several lines)."""
     if isinstance(err, yaml.MarkedYAMLError) and err.problem:
         mark = err.problem_mark
@@ -87,7 +87,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"The config file {str(path)!r} is not UTF-8 text: byte {e.start} is "
                           f"{e.object[e.start:e.start + 1]!r}.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {_yaml_problem(e)}.") from None
+        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {yaml_problem(e)}.") from None
     except RecursionError:
         raise ConfigError(f"The config file {str(path)!r} nests its values too deeply to read.") from None
     if raw is None:

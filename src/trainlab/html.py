@@ -2,7 +2,9 @@
 
 Pages are self-contained: the CSS is inline and images are embedded as base64 PNG, so one file opens from disk
 anywhere. Every value that comes from a study, a model or a user goes through ``esc``; only ``Markup`` (what the
-functions here return) is inserted as it is, so a cell or a caption can never smuggle in a tag.
+functions here return) is inserted as it is, so a cell or a caption can never smuggle in a tag. What goes into an
+attribute that is not plain text is checked instead: a colour must be a CSS colour, image data base64, and a link
+relative or http(s) (never ``javascript:``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,13 +67,31 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def css_color(color: str) -> str:
+    """``color`` if it is a CSS colour (``#1a7f37`` or a name such as ``red``); otherwise a ValueError."""
+    if not isinstance(color, str) or not re.fullmatch(r"#[0-9a-fA-F]{3,8}|[a-zA-Z]{1,30}", color):
+        raise ValueError(f"A colour must be '#' and 3 to 8 hex digits or a CSS colour name. Got {color!r} instead.")
+    return color
+
+
+def safe_href(href: str) -> str:
+    """``href`` if it is a relative link or an http(s) address; a ``javascript:`` (or any other scheme) link is a
+    ValueError, since it would run in the reader's browser."""
+    scheme = re.match(r"\s*([a-zA-Z][a-zA-Z0-9+.-]*):", str(href))
+    if scheme and scheme.group(1).lower() not in ("http", "https"):
+        raise ValueError(f"A link must be relative or http(s). Got {href!r} instead.")
+    return str(href)
+
+
 def badge(label: str, color: str) -> Markup:
     """A rounded label on a ``color`` background (a verdict)."""
-    return Markup(f'<span class="badge" style="background:{esc(color)}">{esc(label)}</span>')
+    return Markup(f'<span class="badge" style="background:{css_color(color)}">{esc(label)}</span>')
 
 
 def image(png_base64: str, alt: str) -> Markup:
     """An ``<img>`` with the PNG embedded as data (``trainlab.figures.png_base64`` makes one from a figure)."""
+    if not isinstance(png_base64, str) or not re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", png_base64):
+        raise ValueError(f"The image data must be base64 text. Got {str(png_base64)[:40]!r} instead.")
     return Markup(f'<img alt="{esc(alt)}" src="data:image/png;base64,{png_base64}">')
 
 
@@ -97,7 +118,7 @@ def page(title: str, body: str, *, heading: str | None = None, nav: Sequence[tup
 
     The viewport line makes phones and narrow windows lay the page out at their own width instead of zooming out.
     """
-    links = " &middot; ".join(f'<a href="{esc(href)}">{esc(label)}</a>' for href, label in nav)
+    links = " &middot; ".join(f'<a href="{esc(safe_href(href))}">{esc(label)}</a>' for href, label in nav)
     top = f"<nav>{links}</nav>" if nav else ""
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

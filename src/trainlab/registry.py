@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 import reprlib
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args
@@ -29,12 +30,14 @@ def suggest(name: str, choices: list[str]) -> str:
 
 # A value quoted in a message stays short, however big the input (a YAML alias can nest a huge structure).
 _SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 3, 80, 80, 6, 6
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 6, 6
+SHORT_REPR_CHARS = 120
 
 
 def short_repr(value: Any) -> str:
-    """``repr(value)``, cut to a few dozen characters: what an error message quotes as "Got ... instead"."""
-    return _SHORT.repr(value)
+    """``repr(value)``, cut to at most ``SHORT_REPR_CHARS``: what an error message quotes as "Got ... instead"."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= SHORT_REPR_CHARS else text[:SHORT_REPR_CHARS - 3] + "..."
 
 
 def _number_types(annotation: Any) -> set[Any]:
@@ -276,7 +279,9 @@ def format_validation_error(err: ValidationError, raw: Any, owner: str) -> str:
         if etype == "value_error":
             lines.append(f"{path}: {msg.removeprefix('Value error, ')}" if path else msg.removeprefix("Value error, "))
             continue
-        msg = msg.replace("Input should be", "must be").replace("Input should have", "must have")
+        # "Input should be ...", "List should have at least 1 item after validation, not 0": "must be ...", ...
+        msg = re.sub(r"^(Input|List|Tuple|String|Dictionary|Set|Value) should ", "must ", msg)
+        msg = msg.replace(" after validation", "")
         if not msg.startswith("must"):
             msg = f"is invalid: {msg}"
         lines.append(f"{path}: The {field!r} parameter of {parent} {msg}. Got {short_repr(e.get('input'))} instead.")

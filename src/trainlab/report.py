@@ -38,9 +38,28 @@ class ClaimOutcome:
     numbers: dict[str, float]
 
 
+def check_study_name(name: Any) -> str:
+    """``name`` if it can name the files of a study (``<name>.html``, ``outcomes/<name>.json``): lower snake_case,
+    so never a path (no '/', '..' or '.'); otherwise a ValueError."""
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"A study name must be lower snake_case (letters, digits, '_'). Got {name!r} instead.")
+    return name
+
+
+def check_figure_path(path: Any) -> str:
+    """``path`` if it names a PNG inside the study directory: relative, '/'-separated, with no '..', '.' or empty
+    part and no backslash or drive; otherwise a ValueError (a report never reads or writes outside its folder)."""
+    parts = path.split("/") if isinstance(path, str) else []
+    if (not parts or any(p in ("", ".", "..") for p in parts) or "\\" in path or ":" in path
+            or not path.endswith(".png")):
+        raise ValueError(f"A figure path must be a relative '/'-separated path to a .png file inside the study "
+                         f"directory, without '..'. Got {path!r} instead.")
+    return path
+
+
 @dataclass
 class FigureRef:
-    """A PNG written by a study; ``path`` is relative to the study directory."""
+    """A PNG written by a study; ``path`` is relative to the study directory (``check_figure_path``)."""
 
     path: str
     caption: str
@@ -71,10 +90,9 @@ class StudyOutcome:
     order: int = 1000  # position in the index: a study's ``order``; other outcomes (an ablation) come last
 
     def __post_init__(self) -> None:
-        # The name becomes a file name (<name>.html, outcomes/<name>.json), so it must be a plain identifier.
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(f"A study name must be lower snake_case (letters, digits, '_'). "
-                             f"Got {self.name!r} instead.")
+        check_study_name(self.name)  # the name becomes file names: <name>.html, outcomes/<name>.json
+        for figure in self.figures:
+            check_figure_path(figure.path)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,7 +108,7 @@ class StudyOutcome:
 
 def save_outcome(outcome: StudyOutcome, out_dir: Path) -> Path:
     """Store an outcome as JSON under ``out_dir/outcomes``; figure paths are kept relative to ``out_dir``."""
-    path = Path(out_dir) / OUTCOMES_DIR / f"{outcome.name}.json"
+    path = Path(out_dir) / OUTCOMES_DIR / f"{check_study_name(outcome.name)}.json"
     return atomic_write_text(path, json.dumps(outcome.to_dict(), indent=1, default=_json_default))
 
 
@@ -100,8 +118,17 @@ def load_outcomes(out_dir: Path) -> list[StudyOutcome]:
     if not folder.is_dir():
         raise FileNotFoundError(f"No study outcomes in {str(out_dir)!r}: expected a folder {str(folder)!r}. "
                                 f"Run `trainlab study NAME --out {out_dir}` first.")
-    outcomes = [StudyOutcome.from_dict(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    outcomes = [_read_outcome(p) for p in sorted(folder.glob("*.json"))]
     return sorted(outcomes, key=lambda o: (o.order, o.name))
+
+
+def _read_outcome(path: Path) -> StudyOutcome:
+    """One stored outcome; a file that is not one (bad JSON, missing or unknown keys) is a ValueError naming it."""
+    try:
+        return StudyOutcome.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"The stored outcome {str(path)!r} is not a study outcome: {type(e).__name__}: {e}. "
+                         f"Run the study again to rewrite it.") from None
 
 
 def _json_default(value: Any) -> Any:
@@ -134,13 +161,22 @@ def study_page(outcome: StudyOutcome, out_dir: Path) -> str:
     if outcome.figures:
         parts.append("<h2>Figures</h2>")
         for fig in outcome.figures:
-            parts.append(f"<figure>{image_file(Path(out_dir) / fig.path)}<figcaption>{esc(fig.caption)}"
+            parts.append(f"<figure>{image_file(_inside(out_dir, fig.path))}<figcaption>{esc(fig.caption)}"
                          "</figcaption></figure>")
     if outcome.tables:
         parts.append("<h2>Results</h2>")
         parts += [table(t.header, t.rows, title=t.title) for t in outcome.tables]
     return page(f"trainlab study: {outcome.title}", "".join(parts), heading=outcome.title,
                 nav=[("index.html", Markup("&larr; all studies"))])
+
+
+def _inside(out_dir: Path, relative: str) -> Path:
+    """``out_dir / relative``, refused when it leaves ``out_dir`` (a '..' part, or a link pointing outside)."""
+    path = Path(out_dir) / check_figure_path(relative)
+    if not path.resolve().is_relative_to(Path(out_dir).resolve()):
+        raise ValueError(f"The figure {relative!r} lies outside the study directory {str(out_dir)!r} "
+                         f"(it resolves to {str(path.resolve())!r}).")
+    return path
 
 
 def index_page(outcomes: Sequence[StudyOutcome]) -> str:
@@ -164,7 +200,7 @@ def write_report(outcomes: Sequence[StudyOutcome], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for outcome in outcomes:
-        atomic_write_text(out_dir / f"{outcome.name}.html", study_page(outcome, out_dir))
+        atomic_write_text(out_dir / f"{check_study_name(outcome.name)}.html", study_page(outcome, out_dir))
     return atomic_write_text(out_dir / "index.html", index_page(outcomes))
 
 

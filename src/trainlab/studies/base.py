@@ -34,7 +34,7 @@ import numpy as np
 from trainlab.callbacks import Callback
 from trainlab.checkpoints import atomic_write, atomic_write_text
 from trainlab.config import RunConfig, load_config
-from trainlab.report import ClaimOutcome, FigureRef, StudyOutcome, Table
+from trainlab.report import ClaimOutcome, FigureRef, StudyOutcome, Table, check_figure_path
 from trainlab.runs import RunResult, Store
 from trainlab.stats import Evidence, Verdict
 
@@ -122,6 +122,7 @@ class StudyContext(Generic[B]):
         from trainlab.figures import save_figure
 
         relative = Path("figures") / self.study / f"{name}.png"
+        check_figure_path(relative.as_posix())  # before writing: a name with '..' must not escape the report
         save_figure(fig, self.out / relative)
         return FigureRef(relative.as_posix(), caption)
 
