@@ -5,7 +5,9 @@ Each round times, side by side, one sequential seed, K sequential seeds and K ba
 machine is noisy, so ratios come from neighbouring measurements; the table shows each ratio's median over rounds).
 Each time is a whole run: building (data, model, optimizer) and fitting. Then it times one training step (forward,
 backward) of the stacked layers against ``torch.func`` (``functional_call`` + ``vmap``) on the same MLP for K = 8.
-Targets: 8 seeds batched <= 3x one seed (stretch 2.5x), 16 seeds <= 5x.
+Last, the arithmetic floor: the stacked matmuls' forward + backward alone for each K, as a multiple of one
+replica's; no exact batching of the model can cost less. Targets: 8 seeds batched <= 3x one seed (stretch 2.5x),
+16 seeds <= 5x.
 """
 
 from __future__ import annotations
@@ -96,6 +98,31 @@ def compare_vmap(config, k: int, steps: int) -> None:
         print(f"  {name:24s} {best * 1000:7.2f} ms")
 
 
+def matmul_floor(widths: tuple[int, ...], ks: list[int], steps: int) -> None:
+    """The arithmetic a batch cannot avoid: forward + backward of the MLP's stacked matmuls alone (``bmm``, ReLU,
+    cross-entropy; no batch norm, dropout or optimizer), K replicas, as a multiple of one replica's time."""
+    def step(k: int) -> float:
+        ws = [torch.randn(k, a, b, requires_grad=True) for a, b in zip(widths, widths[1:])]
+        x, y = torch.randn(k, 128, widths[0]), torch.randint(0, widths[-1], (k * 128,))
+
+        def once() -> None:
+            h = x
+            for i, w in enumerate(ws):
+                h = torch.bmm(h, w)
+                h = torch.relu(h) if i < len(ws) - 1 else h
+            torch.autograd.grad(nn.functional.cross_entropy(h.reshape(-1, widths[-1]), y), ws)
+
+        once()
+        return min(timed(once) for _ in range(steps))
+
+    base = step(1)
+    print(f"
+matmul floor of the {'-'.join(map(str, widths))} MLP (bmm forward + backward only), batch 128:")
+    for k in ks:
+        t = step(k)
+        print(f"  K={k:<3} {t * 1000:7.3f} ms  {t / base:6.2f}x one replica")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
@@ -110,6 +137,7 @@ def main() -> None:
               f"{torch.get_num_threads()} thread(s)")
         runs_table(cfg, args.ks, args.rounds)
     compare_vmap(config, 8, 20)
+    matmul_floor((40, 256, 256, 10), args.ks, 50)
 
 
 if __name__ == "__main__":

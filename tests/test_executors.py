@@ -22,11 +22,17 @@ def _decisions(outcomes):
 
 @pytest.mark.slow
 def test_studies_in_two_worker_processes_match_one_process(tmp_path):
+    import time
+
     done = []
     pooled = run_studies(SMOKE, mode="smoke", out=tmp_path / "pool", workers=2, progress=False,
-                         on_outcome=lambda o: done.append(o.name))
+                         on_outcome=lambda o: done.append((o.name, time.time())))
     alone = run_studies(SMOKE, mode="smoke", out=tmp_path / "alone", workers=1, progress=False)
-    assert [o.name for o in pooled] == SMOKE and sorted(done) == sorted(SMOKE)
+    assert [o.name for o in pooled] == SMOKE and sorted(name for name, _ in done) == sorted(SMOKE)
+    # Each outcome is announced when its study ends, not when the last one does: the first announcement comes
+    # before the other study has written its outcome (the two smoke studies take seconds apart).
+    (first, announced), (second, _) = done
+    assert announced < (tmp_path / "pool" / "outcomes" / f"{second}.json").stat().st_mtime
     assert _decisions(pooled) == _decisions(alone)
     assert (tmp_path / "pool" / "index.html").is_file()
     assert {p.name for p in (tmp_path / "pool" / "runs").iterdir()} == set(SMOKE)

@@ -25,6 +25,9 @@ _PUBLIC = {
     "trainlab.studies": ("run_studies", "run_study", "ablate", "STUDIES"),
     "trainlab.lr_range": ("lr_range_test",),
     "trainlab.batched": ("train_replicas", "train_sequentially", "can_batch", "ReplicaResult"),
+    "trainlab.checkpoints": ("ResumeWarning",),
+    "trainlab.search": ("make_spec", "run_search", "SearchSpec"),
+    "trainlab.ensembles": ("build_ensemble", "run_ensemble"),
 }
 # Every registry (INITIALIZERS, OPTIMIZERS, ...) comes from the one list in registry.py.
 _EXPORTS = {**{name: module for module, names in _PUBLIC.items() for name in names},

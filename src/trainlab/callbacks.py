@@ -174,9 +174,11 @@ class EarlyStopping(Callback):
 
 
 class NonFiniteGuard(Callback):
-    """Stop on a NaN or infinite loss and record why; checks every ``every_steps`` steps and at each epoch end.
+    """Stop on a NaN or infinite loss and record why (``extras["diverged"]``); checks after every step on the CPU,
+    every ``every_steps`` steps on an accelerator, and at each epoch end.
 
-    Checking every step would force a host sync per step; a diverged run is caught within ``every_steps`` steps.
+    Reading a CPU tensor costs nothing, so there a run stops at the step whose loss is non-finite. On an accelerator
+    each check is a host sync, so a diverged run is caught within ``every_steps`` steps.
     """
 
     per_replica = True
@@ -187,7 +189,8 @@ class NonFiniteGuard(Callback):
         self.every_steps = every_steps
 
     def on_step_end(self, trainer: Trainer) -> None:
-        if trainer.step % self.every_steps == 0 and not bool(torch.isfinite(trainer.loss)):
+        due = trainer.loss.device.type == "cpu" or trainer.step % self.every_steps == 0
+        if due and not bool(torch.isfinite(trainer.loss)):
             self._stop(trainer, f"non-finite loss ({trainer.loss.item()}) at step {trainer.step}")
 
     def on_epoch_end(self, trainer: Trainer) -> None:
@@ -291,23 +294,48 @@ def write_history_csv(path: str | Path, history: Sequence[dict[str, float]]) -> 
 
 
 class Checkpoint(Callback):
-    """Save the full training state to ``path`` every ``every_epochs`` epochs and at the end (atomic writes)."""
+    """Save the full training state to ``path`` every ``every_epochs`` epochs and at the end, with its checksum,
+    keeping the checkpoint before it (``trainlab.checkpoints``).
+
+    An epoch's state is encoded at its end and written when the next epoch starts (the same state: nothing runs in
+    between). So the epoch at which a callback stops training (early stopping, divergence) is never on disk as a
+    state to train on from: a run killed while stopping resumes from the epoch before and stops where it did. A
+    diverged run's final state (non-finite weights) is not saved: its last good checkpoint stays.
+    """
 
     def __init__(self, path: str | Path, every_epochs: int = 1, extra: dict[str, Any] | None = None):
+        if isinstance(every_epochs, bool) or not isinstance(every_epochs, int) or every_epochs < 1:
+            raise ValueError(f"The 'every_epochs' parameter of Checkpoint must be an int >= 1. "
+                             f"Got {every_epochs!r} instead.")
         self.path, self.every_epochs, self.extra = Path(path), every_epochs, extra or {}
+        self._pending: bytes | None = None
 
     def on_epoch_end(self, trainer: Trainer) -> None:
+        from trainlab.checkpoints import encode_checkpoint
+
         if trainer.epoch % self.every_epochs == 0:
-            self.save(trainer)
+            self._pending = encode_checkpoint(self._state(trainer, finished=False))
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        from trainlab.checkpoints import write_checkpoint
+
+        if self._pending is not None:
+            write_checkpoint(self.path, self._pending, keep_previous=True)
+            self._pending = None
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.save(trainer, finished=True)
+        self._pending = None
+        if not trainer.extras.get("diverged"):
+            self.save(trainer, finished=True)
 
     def save(self, trainer: Trainer, finished: bool = False) -> None:
         from trainlab.checkpoints import save_checkpoint
 
-        save_checkpoint(self.path, {**self.extra, "trainer": trainer.state_dict(), "finished": finished,
-                                    "stopped_reason": trainer.stopped_reason})
+        save_checkpoint(self.path, self._state(trainer, finished), keep_previous=True)
+
+    def _state(self, trainer: Trainer, finished: bool) -> dict[str, Any]:
+        return {**self.extra, "trainer": trainer.state_dict(), "finished": finished,
+                "stopped_reason": trainer.stopped_reason}
 
 
 class Progress(Callback):

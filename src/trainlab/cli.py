@@ -333,7 +333,16 @@ def ensemble(config: Path = typer.Argument(..., help="A run config (YAML) of a c
         con.print(f"summary: {out / 'ensemble.json'}", highlight=False)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings from trainlab print as one line on stderr, as errors do (no source path or code line)."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     app()
 
 

@@ -112,7 +112,7 @@ def run_in_pool(jobs: Sequence[Job], workers: int = 1, progress: Any = None,
             if on_result is not None:
                 on_result(job, results[-1])
         return results
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")
     manager = ctx.Manager()
@@ -126,7 +126,7 @@ def run_in_pool(jobs: Sequence[Job], workers: int = 1, progress: Any = None,
             futures = {pool.submit(_call, job, queue): job for job in jobs}
             pending = set(futures)
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future.exception() is not None:
                         for other in pending:

@@ -1,11 +1,12 @@
 """Run directories and the store of runs keyed by the hash of their resolved config.
 
-A run directory holds ``config.yaml`` (the resolved config), ``meta.json`` (seed, versions, threads, device, and the
-model's input shape and output count, so ``load_model`` rebuilds it without loading data),
-``history.csv`` (per-epoch metrics), ``checkpoint.pt`` (full training state, for resume; the weights alone for a
-run trained in a batch of seeds, which is written whole once finished) and, once finished, ``summary.json`` (final
-metrics, extras and the history). A run without ``summary.json`` is unfinished.
-"""
+A run directory holds ``config.yaml`` (the resolved config), ``meta.json`` (seed, versions, threads, the
+deterministic-algorithms flag, device, and the model's input shape and output count, so ``load_model`` rebuilds it
+without loading data), ``history.csv`` (per-epoch metrics), ``checkpoint.pt`` (full training state, for resume; the
+weights alone for a run trained in a batch of seeds, which is written whole once finished) with its SHA-256 in
+``checkpoint.pt.sha256`` and the checkpoint before it in ``checkpoint.prev.pt`` (``trainlab.checkpoints``) and, once
+finished, ``summary.json`` (``status``: finished or failed, ``reason``, final metrics, extras and the history). A run
+without ``summary.json`` is unfinished."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import platform
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,8 @@ import yaml
 from torch import nn
 
 from trainlab.callbacks import Callback, Checkpoint, History, Progress, write_history_csv
-from trainlab.checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
+from trainlab.checkpoints import (ResumeWarning, atomic_write_text, load_checkpoint, load_latest_checkpoint,
+                                  remove_temporaries, save_checkpoint)
 from trainlab.config import RunConfig, load_config, require_config
 from trainlab.registry import ConfigError
 
@@ -60,8 +63,16 @@ class RunResult:
 
 def config_hash(config: RunConfig) -> str:
     """A short, stable hash of the resolved config: the key of a run in a store."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return _resolved_hash(config.model_dump(mode="json"))
+
+
+def _resolved_hash(resolved: dict[str, Any]) -> str:
+    text = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# What a run records of the process it ran in that can change its numbers: a resume under other values warns.
+ENVIRONMENT = ("torch", "threads", "deterministic_algorithms")
 
 
 def run_metadata(config: RunConfig, data: Data) -> dict[str, Any]:
@@ -71,7 +82,8 @@ def run_metadata(config: RunConfig, data: Data) -> dict[str, Any]:
 
     return {"seed": config.seed, "config_hash": config_hash(config), "trainlab": trainlab.__version__,
             "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "device": config.device,
+            "threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(), "device": config.device,
             "input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
 
 
@@ -86,10 +98,12 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *,
     """Train one run of a validated config (``load_config``); with ``out_dir``, write its run directory as it goes
     (checkpoint every epoch).
 
-    ``resume`` continues from ``out_dir/checkpoint.pt`` exactly where it stopped (same config required). ``data``
-    (arrays ``(x, y)`` or ``(x, y, x_test, y_test)``, split and preprocessed by ``config.data``, or a ``Data``)
-    replaces loading ``config.data.dataset``; ``meta.json`` then says
-    ``"data": "arrays"``, since the config's dataset does not describe what was trained on.
+    ``resume`` continues from ``out_dir/checkpoint.pt`` exactly where it stopped (same config required), from the
+    checkpoint before it when that one is damaged, or from the start when the run stopped before its first
+    checkpoint (each said in a ``ResumeWarning``, as is a resume under another torch version or thread count).
+    ``data`` (arrays ``(x, y)`` or ``(x, y, x_test, y_test)``, split and preprocessed by ``config.data``, or a
+    ``Data``) replaces loading ``config.data.dataset``; ``meta.json`` then says ``"data": "arrays"``, since the
+    config's dataset does not describe what was trained on.
     """
     from trainlab.trainer import build_trainer
 
@@ -102,18 +116,16 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *,
     if progress:
         run_callbacks.append(Progress(description))
     out = Path(out_dir) if out_dir is not None else None
-    checkpoint_state = None
+    checkpoint_state, recorded = None, {}
     if out is not None:
-        if resume:
-            checkpoint_state = _resumable(out, config)
-        elif (out / "checkpoint.pt").exists() or (out / "summary.json").exists():
-            raise ConfigError(f"{str(out)!r} already holds a run. Use --resume to continue it, or another --out.")
+        checkpoint_state, recorded = _open_run_dir(out, config, resume)
         run_callbacks += [History(out / "history.csv"),
                           Checkpoint(out / "checkpoint.pt", config.checkpoint_every_epochs,
                                      extra={"config": resolved, "config_hash": config_hash(config)})]
     trainer = build_trainer(config, run_callbacks, model=model, data=data)
     meta = {**run_metadata(config, trainer.data), **({"data": "arrays"} if data is not None else {})}
     if out is not None:
+        meta = _environment_changes(out, recorded, meta)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         atomic_write_text(out / "meta.json", _json(meta))
     if checkpoint_state is not None:
@@ -122,12 +134,46 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *,
     result = RunResult(resolved, trainer.history, final, trainer.extras, out, trainer.model if keep_model else None)
     if out is not None:
         atomic_write_text(out / "summary.json", _json({"final": final, "extras": trainer.extras,
-                                                       "history": trainer.history, **meta}))
+                                                       "history": trainer.history, **run_status(final, trainer.extras),
+                                                       **meta}))
     return result
 
 
-def _resumable(out: Path, config: RunConfig) -> dict[str, Any]:
-    state = load_checkpoint(out / "checkpoint.pt")
+def run_status(final: dict[str, Any], extras: dict[str, Any]) -> dict[str, str]:
+    """``status``: ``failed`` (the loss became non-finite) or ``finished``; ``reason``: why training stopped
+    (``""`` when it ran every epoch)."""
+    return {"status": "failed" if extras.get("diverged") else "finished", "reason": final.get("stopped_reason", "")}
+
+
+def _open_run_dir(out: Path, config: RunConfig, resume: bool) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The checkpoint state to resume from (None: start) and the run's recorded ``meta.json`` (``{}``: none)."""
+    if not resume:
+        if (out / "checkpoint.pt").exists() or (out / "summary.json").exists():
+            raise ConfigError(f"{str(out)!r} already holds a run. Use --resume to continue it, or another --out.")
+        return None, {}
+    meta_path = out / "meta.json"
+    try:
+        recorded = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except ValueError as e:
+        raise ConfigError(f"The run record {str(meta_path)!r} is not valid JSON ({e}); it is written by trainlab "
+                          f"and should not be edited. Restore it, or train the run again in a new directory.") from None
+    return _resumable(out, config), recorded
+
+
+def _resumable(out: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The checkpoint state that ``out``'s run resumes from; None (said in a ResumeWarning) when it stopped before
+    its first checkpoint, so that it starts over."""
+    remove_temporaries(out)  # what a killed save left behind
+    found = load_latest_checkpoint(out / "checkpoint.pt")
+    if found is None:
+        config_path = out / "config.yaml"
+        if config_path.is_file() and _resolved_hash(yaml.safe_load(config_path.read_text())) != config_hash(config):
+            raise ConfigError(f"The run in {str(out)!r} was started with a different config ({config_path}); "
+                              f"resume needs the same.")
+        warnings.warn(f"{str(out)!r} holds no checkpoint: the run stopped before its first one (or never started "
+                      f"there). Starting it over.", ResumeWarning, stacklevel=4)
+        return None
+    state, _ = found
     if state.get("config_hash") != config_hash(config):
         raise ConfigError(f"The checkpoint in {str(out)!r} was written by a different config "
                           f"(hash {state.get('config_hash')}, this one {config_hash(config)}); resume needs the same.")
@@ -135,6 +181,21 @@ def _resumable(out: Path, config: RunConfig) -> dict[str, Any]:
         raise ConfigError(f"The run in {str(out)!r} was trained in a batch of replicas and is finished; its "
                           f"checkpoint holds the weights only, so there is nothing to resume.")
     return state
+
+
+def _environment_changes(out: Path, recorded: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` for a run resumed in this process: a ResumeWarning when torch, the thread count or the
+    deterministic-algorithms flag differ from what ``meta.json`` recorded, whose values are kept in ``started_with``
+    (the first recorded value of each key that changed)."""
+    changed = {k: recorded[k] for k in ENVIRONMENT if k in recorded and recorded[k] != meta.get(k)}
+    if changed:
+        was = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        now = ", ".join(f"{k}={meta.get(k)!r}" for k in changed)
+        warnings.warn(f"The run in {str(out)!r} was recorded with {was} (meta.json) and resumes with {now}; what it "
+                      f"computes from here on may differ in the last bits from an uninterrupted run.", ResumeWarning,
+                      stacklevel=3)
+    started_with = {**changed, **recorded.get("started_with", {})}
+    return {**meta, "started_with": started_with} if started_with else meta
 
 
 def load_result(run_dir: str | Path) -> RunResult:
@@ -258,7 +319,8 @@ class Store:
                 "config": resolved, "config_hash": config_hash(config), "finished": True,
                 "trainer": {"model": replica.model.state_dict()}, "stopped_reason": replica.final["stopped_reason"]})
             atomic_write_text(tmp / "summary.json", _json({"final": replica.final, "extras": replica.extras,
-                                                           "history": replica.history, **meta}))
+                                                           "history": replica.history, **meta,
+                                                           **run_status(replica.final, replica.extras)}))
             os.replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

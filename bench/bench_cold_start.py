@@ -1,0 +1,86 @@
+"""A whole `trainlab train` process against a hand-written PyTorch script doing the same work, from a cold start.
+
+Run: .venv/bin/python bench/bench_cold_start.py [--rounds 5] [--epochs 1]
+
+Both processes start Python, import what they need, get MNIST-1D (the script calls ``mnist1d``'s
+``make_dataset`` as a user would; trainlab reads its on-disk cache after the first call, which this bench warms
+once), standardize it, train the same MLP (40 -> 64 -> 64 -> 10, ReLU, Adam lr 1e-3, batch 128, one thread) for
+``--epochs`` epochs and print the test accuracy. Each round runs the two interleaved; the table gives the median
+wall time of each and the median of the per-round ratios. The target: trainlab <= 1.15x the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+SCRIPT = '''
+import sys, numpy as np, torch
+from torch import nn
+from mnist1d.data import get_dataset_args, make_dataset
+torch.set_num_threads(1)
+epochs = int(sys.argv[1])
+d = make_dataset(get_dataset_args())
+x, y, xt, yt = (np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test"))
+mean, std = x.mean(0), x.std(0) + 1e-8
+x, xt = (torch.tensor((a - mean) / std, dtype=torch.float32) for a in (x, xt))
+y, yt = torch.tensor(y), torch.tensor(yt)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+g = torch.Generator().manual_seed(0)
+for _ in range(epochs):
+    order = torch.randperm(len(x), generator=g)
+    for i in range(0, len(x), 128):
+        idx = order[i:i + 128]
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+with torch.no_grad():
+    print((model(xt).argmax(1) == yt).float().mean().item())
+'''
+
+CONFIG = {"seed": 0, "threads": 1,
+          "data": {"dataset": "mnist1d", "val_fraction": 0.0, "batch_size": 128, "preprocess": "standardize"},
+          "model": {"name": "mlp", "depth": 2, "width": 64, "activation": "relu", "norm": "none"},
+          "optimizer": {"name": "adam", "lr": 1e-3}}
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp())
+    (folder / "script.py").write_text(SCRIPT)
+    (folder / "run.yaml").write_text(yaml.safe_dump({**CONFIG, "epochs": args.epochs}))
+    trainlab = [str(Path(sys.executable).with_name("trainlab")), "train", str(folder / "run.yaml"), "--quiet"]
+    script = [sys.executable, str(folder / "script.py"), str(args.epochs)]
+    timed(trainlab)  # fills trainlab's MNIST-1D cache (~/.cache/trainlab), as any earlier call has
+    times: dict[str, list[float]] = {"hand-written script": [], "trainlab train": []}
+    for _ in range(args.rounds):
+        times["hand-written script"].append(timed(script))
+        times["trainlab train"].append(timed(trainlab))
+    ratio = statistics.median(t / s for t, s in zip(times["trainlab train"], times["hand-written script"]))
+    print(f"cold processes, MLP 2x64 on MNIST-1D, {args.epochs} epoch(s), one thread, {args.rounds} rounds")
+    for name, ts in times.items():
+        print(f"  {name:20s} median {statistics.median(ts):6.2f} s  (min {min(ts):.2f}, max {max(ts):.2f})")
+    print(f"  trainlab / script: {ratio:.2f}x (median of per-round ratios)")
+
+
+if __name__ == "__main__":
+    main()
