@@ -159,3 +159,20 @@ def test_resuming_under_another_torch_or_thread_count_warns_naming_both(tmp_path
         warnings.simplefilter("error", ResumeWarning)  # the same environment again: no warning
         train(load_config(CONFIG), run, resume=True)
     assert json.loads((run / "meta.json").read_text())["started_with"] == {"torch": "2.6.0", "threads": 7}
+
+
+def test_a_diverged_cli_run_exits_1_naming_the_step(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from trainlab.cli import app
+
+    diverging = {"seed": 0, "data": {"dataset": {"name": "moons", "n_samples": 200}, "batch_size": 32},
+                 "model": {"name": "mlp", "depth": 2, "width": 8, "init": {"name": "normal", "std": 1e19}},
+                 "optimizer": {"name": "sgd", "lr": 1.0}, "epochs": 3}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(diverging))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: the run failed: non-finite loss (nan) at step 0. It diverged before its first checkpoint." \
+        in result.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"

@@ -98,6 +98,12 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
     elif not quiet:
         metrics = {k: v for k, v in result.final.items() if k.startswith("test_") or k.startswith("val_")}
         console().print(f"run: {out}  " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()), highlight=False)
+    if result.extras.get("diverged"):  # recorded as failed in summary.json; the exit status says so too
+        kept = (out / "checkpoint.pt").is_file()
+        typer.echo(f"error: the run failed: {result.final['stopped_reason']}. "
+                   + (f"Its last good checkpoint is kept in {out}." if kept else "It diverged before its first "
+                      "checkpoint.") + " Lower optimizer.lr, or see 'trainlab doctor'.", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
