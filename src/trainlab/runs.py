@@ -242,6 +242,14 @@ class Store:
 
     What callbacks record goes into a run's extras, and the key is the config alone: keep runs whose callbacks
     differ (one study's from another's) in different stores.
+
+    Several processes may share a store. A run is written only by the process that holds its lock
+    (``root/.<hash>.lock``, an ``flock`` the system drops when its process dies, removed on release): the others wait
+    for it and load what it stored, so a config trains once. A run is stored once ``summary.json`` is in its
+    directory; what a killed process leaves behind is never read as a result: a run directory without
+    ``summary.json`` is resumed by the next ``run`` (or trained over, before its first checkpoint), and the
+    ``.<hash>.*.tmp`` folder of a batch write cut short, or a lock nobody holds, is removed by ``remove_leftovers``
+    (which ``run_many`` calls). ``verify`` lists incomplete, damaged and leftover entries.
     """
 
     def __init__(self, root: str | Path):
@@ -255,15 +263,28 @@ class Store:
 
     def run(self, config: RunConfig, *, callbacks: Sequence[Callback] = (), progress: bool = False,
             keep_model: bool = False, description: str = "train") -> RunResult:
-        """The stored result of ``config``, training it first if needed (resuming an interrupted run)."""
-        out = self.run_dir(require_config(config, "Store.run"))
-        if (out / "summary.json").is_file():
-            result = load_result(out)
-            if keep_model:
-                result.model = load_model(out)
-            return result
-        return train(config, out, callbacks=callbacks, progress=progress, keep_model=keep_model,
-                     resume=(out / "checkpoint.pt").is_file(), description=description)
+        """The stored result of ``config``, training it first if needed (resuming an interrupted run); while
+        another process trains it, wait for that one and load its result."""
+        return self._run(require_config(config, "Store.run"), callbacks, progress, keep_model, description)[0]
+
+    def _run(self, config: RunConfig, callbacks: Sequence[Callback], progress: bool = False, keep_model: bool = False,
+             description: str = "train") -> tuple[RunResult, bool]:
+        """``run``'s result, and whether this call trained it."""
+        out = self.run_dir(config)
+        if not (out / "summary.json").is_file():
+            lock = _RunLock(self.root, out.name)
+            lock.acquire(blocking=True)
+            try:
+                if not (out / "summary.json").is_file():  # else another process stored it while this one waited
+                    remove_temporaries(out)
+                    resume = (out / "checkpoint.pt").is_file() and _callbacks_resumable(callbacks)
+                    if not resume and out.exists():
+                        shutil.rmtree(out)  # a partial run whose callbacks' records no checkpoint holds starts over
+                    return train(config, out, callbacks=callbacks, progress=progress, keep_model=keep_model,
+                                 resume=resume, description=description), True
+            finally:
+                lock.release()
+        return _load_stored(out, keep_model), False
 
     def run_many(self, configs: Sequence[RunConfig],
                  callbacks_for: Callable[[RunConfig], Sequence[Callback]] | None = None,
@@ -273,24 +294,46 @@ class Store:
 
         New configs that differ only in their seed train as one batch of replicas (``batched.train_replicas``,
         equal to training them one by one) when ``batched.can_batch`` allows; the others as ``run`` trains them
-        (an interrupted run resumes). ``callbacks_for(config)`` gives a run's callbacks; ``on_done(result, cached)``
-        is called as each result is ready.
+        (an interrupted run resumes). A batch takes the new configs no other process is training; those it could not
+        take follow one by one (waiting for the other process). ``callbacks_for(config)`` gives a run's callbacks;
+        ``on_done(result, cached)`` is called as each result is ready (``cached``: this call did not train it).
         """
         callbacks_for = callbacks_for or (lambda config: [])
         done = on_done or (lambda result, cached: None)
-        fresh = [i for i, c in enumerate(configs) if not self.run_dir(require_config(c, "Store.run_many")).exists()]
+        outs = [self.run_dir(require_config(c, "Store.run_many")) for c in configs]
+        self.remove_leftovers()
+        fresh = [i for i, out in enumerate(outs) if not out.exists()]
         why = _why_not_batched([configs[i] for i in fresh], callbacks_for) if len(fresh) > 1 else ""
-        batch = fresh if len(fresh) > 1 and not why else []
-        results: dict[int, RunResult] = {}
-        for i, config in enumerate(configs):
-            if i not in batch:
-                cached = self.has(config)
-                results[i] = self.run(config, callbacks=callbacks_for(config))
-                done(results[i], cached)
-        for i, result in zip(batch, self._train_batch([configs[i] for i in batch], callbacks_for)):
-            results[i] = result
+        results = self._claim_and_train_batch(configs, fresh, callbacks_for) if len(fresh) > 1 and not why else {}
+        for result in results.values():
             done(result, False)
+        for i, config in enumerate(configs):
+            if i not in results:
+                results[i], trained = self._run(config, callbacks_for(config))
+                done(results[i], not trained)
         return [results[i] for i in range(len(configs))], why
+
+    def _claim_and_train_batch(self, configs: Sequence[RunConfig], fresh: list[int],
+                               callbacks_for: Callable[[RunConfig], Sequence[Callback]]) -> dict[int, RunResult]:
+        """Train the configs ``fresh`` indexes whose locks this process gets at once (without waiting, so that no
+        two processes wait on each other's batch) and that are still not stored, as one batch; ``{index: result}``,
+        empty when fewer than two could be taken."""
+        from contextlib import ExitStack
+
+        with ExitStack() as held:
+            claimed: list[int] = []
+            for i in fresh:
+                lock = _RunLock(self.root, self.run_dir(configs[i]).name)
+                if not lock.acquire(blocking=False):
+                    continue  # another process is training it: it follows one by one, waiting for that one
+                if self.run_dir(configs[i]).exists():  # another process stored it since
+                    lock.release()
+                else:
+                    held.callback(lock.release)
+                    claimed.append(i)
+            if len(claimed) < 2:
+                return {}
+            return dict(zip(claimed, self._train_batch([configs[i] for i in claimed], callbacks_for)))
 
     def _train_batch(self, configs: list[RunConfig], callbacks_for: Callable[[RunConfig], Sequence[Callback]]
                      ) -> list[RunResult]:
@@ -306,10 +349,11 @@ class Store:
 
     def _store_finished(self, config: RunConfig, data: Data, replica: ReplicaResult) -> RunResult:
         """Write a run trained as a batch replica as a finished run directory, all at once: the files go to a
-        temporary sibling folder that is then renamed, so a crash never leaves a half-written run."""
+        temporary sibling folder (``.<hash>.*.tmp``) that is then renamed, so a crash never leaves a half-written
+        run. The caller holds the run's lock."""
         out = self.run_dir(config)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         resolved, meta = config.model_dump(mode="json"), run_metadata(config, data)
         try:
             atomic_write_text(tmp / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -326,3 +370,191 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return RunResult(resolved, replica.history, replica.final, replica.extras, out)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete what killed processes left in the store: the temporary folders of batch writes cut short
+        (``.<hash>.*.tmp``), locks nobody holds (``.<hash>.lock``) and the temporary files of writes cut short in
+        those runs' directories. What belongs to a run another process holds is left alone. Returns what was
+        deleted."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for name in sorted({_entry_run_name(p) for p in self.root.iterdir() if p.name.startswith(".")} - {""}):
+            lock = _RunLock(self.root, name)
+            if lock.acquire(blocking=False):
+                try:
+                    removed += _remove_leftovers_of(self.root, name)
+                finally:
+                    lock.release()
+        return removed
+
+    def verify(self) -> list[StoreProblem]:
+        """Every problem in the store, each naming its entry: a run directory without ``summary.json`` (an
+        interrupted run: ``run`` resumes it), a run's file missing or not parsing (``summary.json``, ``config.yaml``,
+        ``meta.json``, ``history.csv``), a ``config.yaml`` whose hash is not its directory's name, a checkpoint that
+        does not match its checksum, and the leftovers ``remove_leftovers`` deletes. ``[]``: all is well. What
+        belongs to a run a live process holds (being trained or written) is skipped."""
+        if not self.root.is_dir():
+            return []
+        problems = []
+        for path in sorted(self.root.iterdir()):
+            name = _entry_run_name(path)
+            if name and _RunLock.held(self.root, name):
+                continue
+            if name and path.name.startswith("."):
+                what = LEFTOVERS[path.suffix]
+                problems.append(StoreProblem(path, f"leftover of a killed process: {what}"))
+            elif name and path.is_dir():
+                problems += [StoreProblem(path, p) for p in _run_problems(path)]
+        return problems
+
+
+# The leftovers of killed processes in a store's folder, by suffix.
+LEFTOVERS = {".lock": "a lock nobody holds", ".tmp": "the temporary folder of a batch write cut short"}
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """One thing wrong in a store (``Store.verify``): the entry and what is wrong with it."""
+
+    path: Path
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+def _callbacks_resumable(callbacks: Sequence[Callback]) -> bool:
+    """Whether a checkpoint holds all that ``callbacks`` recorded: each keeps its records in ``state_dict`` (a
+    callback that does not override it, such as a study's per-step loss recorder, would lose what it recorded
+    before the kill, so its run is trained over instead)."""
+    return all(type(cb).state_dict is not Callback.state_dict for cb in callbacks)
+
+
+def _load_stored(out: Path, keep_model: bool) -> RunResult:
+    """A stored run's result (with its model when ``keep_model``); a damaged one raises naming its directory."""
+    try:
+        result = load_result(out)
+        if keep_model:
+            result.model = load_model(out)
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise ConfigError(f"The stored run {str(out)!r} is damaged ({type(e).__name__}: {e}). Store.verify() lists "
+                          f"the damaged runs of a store; delete this directory to train the run again.") from None
+    return result
+
+
+def _entry_run_name(path: Path) -> str:
+    """The config hash a store entry belongs to (``HASH``, ``.HASH.lock``, ``.HASH.XXXX.tmp``), ``""`` for others."""
+    name = path.name
+    if name.startswith(".") and name.endswith((".lock", ".tmp")):
+        name = name[1:].partition(".")[0]
+    return name if len(name) == 16 and set(name) <= set("0123456789abcdef") else ""
+
+
+def _remove_leftovers_of(root: Path, name: str) -> list[Path]:
+    """Delete run ``name``'s batch-write temporary folders and the temporary files inside its run directory (the
+    caller holds its lock)."""
+    removed = sorted(root.glob(f".{name}.*.tmp"))
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed + remove_temporaries(root / name)
+
+
+# What a finished run directory holds, and how each file is read back.
+RUN_FILES: dict[str, Callable[[str], Any]] = {"summary.json": json.loads, "config.yaml": yaml.safe_load,
+                                              "meta.json": json.loads, "history.csv": lambda text: text.splitlines()}
+SUMMARY_KEYS = ("final", "history", "status")
+
+
+def _run_problems(run_dir: Path) -> list[str]:
+    """What is wrong with the run directory ``run_dir`` that no process holds (``Store.verify``)."""
+    from trainlab.checkpoints import checksum_problem
+
+    if not (run_dir / "summary.json").is_file():
+        return ["incomplete: no summary.json (an interrupted run: Store.run resumes it, or trains it again when it "
+                "stopped before its first checkpoint)"]
+    problems, parsed = [], {}
+    for file, parse in RUN_FILES.items():
+        try:
+            parsed[file] = parse((run_dir / file).read_text())
+        except FileNotFoundError:
+            problems.append(f"{file} is missing")
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            problems.append(f"{file} does not parse ({type(e).__name__}: {str(e).splitlines()[0]})")
+    summary, config = parsed.get("summary.json"), parsed.get("config.yaml")
+    if "summary.json" in parsed and not (isinstance(summary, dict) and all(k in summary for k in SUMMARY_KEYS)):
+        problems.append(f"summary.json does not hold a run's summary (keys {', '.join(SUMMARY_KEYS)})")
+    if isinstance(config, dict) and _resolved_hash(config) != run_dir.name:
+        problems.append(f"config.yaml hashes to {_resolved_hash(config)}, not to its directory's name")
+    elif "config.yaml" in parsed and not isinstance(config, dict):
+        problems.append("config.yaml does not hold a config (a mapping)")
+    checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.is_file():
+        problems.append("checkpoint.pt is missing")
+    elif why := checksum_problem(checkpoint):
+        problems.append(f"checkpoint.pt is damaged: {why}")
+    return problems
+
+
+class _RunLock:
+    """The exclusive lock on one run of a store: ``flock`` on ``root/.<name>.lock``.
+
+    The system releases an ``flock`` when its process dies, so a killed process holds nothing. The file is removed on
+    release; a process that locked a file removed meanwhile (its inode no longer at the path) tries again."""
+
+    def __init__(self, root: Path, name: str):
+        self.path, self.fd = root / f".{name}.lock", -1
+
+    def acquire(self, blocking: bool) -> bool:
+        """Take the lock, waiting for it when ``blocking``; False when it is held (only without ``blocking``)."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                if _same_file(fd, self.path):
+                    self.fd = fd
+                    return True
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)  # while still held: whoever opens the path next makes a new file
+        os.close(self.fd)
+        self.fd = -1
+
+    @staticmethod
+    def held(root: Path, name: str) -> bool:
+        """Whether a live process holds run ``name``'s lock (a look that neither creates nor removes the file)."""
+        import fcntl
+
+        try:
+            fd = os.open(root / f".{name}.lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
