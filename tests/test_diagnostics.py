@@ -248,7 +248,7 @@ class _Watched(nn.Module):
         h = torch.sigmoid(self.a(x))
         for _ in range(self.relus(self.calls)):
             h = torch.relu(h)
-        self.calls += 1
+        self.calls += self.training  # training forwards: the structure probe's one eval forward is not a step
         return self.b(h)
 
 
@@ -262,7 +262,9 @@ def test_functional_calls_are_captured_in_the_sampled_forwards_only_under_stable
     r = probes.record()
     training = [active for train, active in model.mode_active if train]
     assert training == [step % 3 == 0 for step in range(12)]
-    assert not any(active for train, active in model.mode_active if not train)  # the validation forwards
+    # The one forward that reads the model's structure (eval mode, step 0) captures calls; validation never does.
+    assert model.mode_active[0] == (False, True)
+    assert not any(active for train, active in model.mode_active[1:] if not train)
     assert r.meta["probed"] == "functional" and "notes" not in r.meta
     assert r.layers == ["sigmoid#1", "relu#1"] and r.layer_kinds == ["Sigmoid", "ReLU"]
     assert np.isfinite(r.layer_stats[:, :, LAYER_FIELDS.index("mean")]).all()
@@ -620,3 +622,128 @@ def test_the_diagnostics_package_has_no_import_cycle():
     assert {"trainlab.diagnostics.probes", "trainlab.diagnostics.figures", "trainlab.html"} <= set(mine)
     assert [m for m in mine if reaches(m, m, set())] == []
     assert "trainlab.diagnostics.doctor" not in graph["trainlab.diagnostics.figures"]
+
+
+# --- the rules added for the doctor issue, on synthetic records ------------------------------------------------------
+
+def _with(record: DiagnosticsRecord, **meta) -> DiagnosticsRecord:
+    record.meta.update(meta)
+    return record
+
+
+def _event(name, kind, weight=False, affine=True, dropout=None):
+    return {"name": name, "kind": kind, "weight": weight, "affine": affine, "dropout": dropout}
+
+
+def test_oscillating_loss_needs_repeated_large_swings():
+    t = np.arange(400)
+    falling = 2.3 * np.exp(-t / 60)
+    assert "oscillating_loss" not in _codes(_record(falling))
+    # Small late wiggles (a few percent of the start) are noise, not oscillation.
+    assert "oscillating_loss" not in _codes(_record(falling + 0.03 * np.sin(t / 6)))
+    swinging = 1.0 + 0.8 * np.sign(np.sin(t / 12))
+    found = find_problems(_record(swinging))
+    assert "oscillating_loss" in [f.code for f in found]
+    assert "reversed direction" in next(f for f in found if f.code == "oscillating_loss").evidence
+
+
+def test_setup_rules_name_frozen_and_missing_parameters():
+    r = _with(_record(2.3 * np.exp(-np.arange(50) / 20)), frozen=["0.weight"], not_in_optimizer=["2.weight"],
+              param_sizes={"0.weight": 640, "0.bias": 10, "2.weight": 100})
+    found = {f.code: f for f in find_problems(r)}
+    assert found["missing_from_optimizer"].severity == "error" and found["missing_from_optimizer"].layer == "2.weight"
+    assert "100 of 750" in found["missing_from_optimizer"].evidence
+    assert found["frozen_parameters"].severity == "warning" and "640 of 750" in found["frozen_parameters"].evidence
+    assert find_problems(r)[0].code == "missing_from_optimizer"
+
+
+def test_output_rules_match_the_output_to_the_loss():
+    probs = {"min": 0.01, "max": 0.9, "columns": 10, "row_sum_error": 1e-7, "logsumexp_error": 2.0}
+    logits = {"min": -3.0, "max": 4.0, "columns": 10, "row_sum_error": 5.0, "logsumexp_error": 3.0}
+    seq = [_event("0", "Linear", weight=True), _event("1", "Softmax", affine=False)]
+    r = _with(_record(), loss="CrossEntropyLoss", output=probs, sequence=seq)
+    assert _codes(r) == ["loss_mismatch"] and find_problems(r)[0].layer == "1"
+    assert _codes(_with(_record(), loss="CrossEntropyLoss", output=logits, sequence=seq[:1])) == []
+    assert _codes(_with(_record(), loss="NLLLoss", output=logits, sequence=seq[:1])) == ["loss_mismatch"]
+    # Zero outputs (a zero-initialized net) are not probabilities.
+    zeros = dict(probs, min=0.0, max=0.0, row_sum_error=1.0)
+    assert _codes(_with(_record(), loss="CrossEntropyLoss", output=zeros, sequence=seq[:1])) == []
+    squashed = _with(_record(), task="regression", loss="MSELoss", output=dict(probs, columns=1),
+                     sequence=[_event("0", "Linear", weight=True), _event("1", "Sigmoid", affine=False)],
+                     target_min=[-2.0], target_max=[3.0], target_mean=[0.0], target_std=[1.0])
+    assert _codes(squashed) == ["loss_mismatch"] and "cannot output" in find_problems(squashed)[0].evidence
+
+
+def test_linear_stack_needs_weight_layers_with_only_affine_modules_between():
+    stacked = [_event("a", "Linear", True), _event("d", "Dropout", dropout=0.1), _event("b", "Linear", True)]
+    assert _codes(_with(_record(), sequence=stacked)) == ["linear_stack"]
+    separated = [_event("a", "Linear", True), _event("relu()", "ReLU", affine=False), _event("b", "Linear", True)]
+    assert _codes(_with(_record(), sequence=separated)) == []
+
+
+def test_target_label_dropout_and_update_ratio_rules():
+    regression = dict(task="regression", target_mean=[2000.0], target_std=[300.0])
+    found = find_problems(_with(_record(), **regression))
+    assert [(f.code, f.severity) for f in found] == [("unscaled_targets", "error")]
+    assert _codes(_with(_record(), task="regression", target_mean=[0.1], target_std=[1.2])) == []
+    rows = [{"epoch": i + 1, "step": 10 * (i + 1), "train_loss": 2.3 - 0.2 * i, "val_loss": 2.4 + 0.05 * i,
+             "train_acc": 0.1 + 0.08 * i, "val_acc": 0.1 + 0.005 * (i % 2)} for i in range(6)]
+    noise = _with(_record(history=rows), majority_share=0.1, val_size=300)
+    assert "labels_no_signal" in _codes(noise)
+    learned = [dict(h, val_acc=0.1 + 0.08 * i) for i, h in enumerate(rows)]
+    assert "labels_no_signal" not in _codes(_with(_record(history=learned), majority_share=0.1, val_size=300))
+    heavy = [{"epoch": 1, "step": 10, "train_loss": 2.8, "val_loss": 2.1}]
+    seq = [_event("d", "Dropout", dropout=0.8)]
+    assert _codes(_with(_record(history=heavy), sequence=seq)) == ["dropout_too_high"]
+    assert _codes(_with(_record(history=heavy), sequence=[_event("d", "Dropout", dropout=0.3)])) == []
+
+
+def test_large_update_ratios_mean_the_lr_is_too_high():
+    def record(ratio):
+        r = _record(2.3 * np.exp(-np.arange(100) / 30))
+        stats = np.zeros((5, 1, len(PARAM_FIELDS)))
+        stats[:, 0, PARAM_FIELDS.index("update_ratio")] = ratio
+        stats[:, 0, PARAM_FIELDS.index("row_spread")] = 1.0  # distinct rows
+        return DiagnosticsRecord(**{**r.__dict__, "params": ["w"], "param_shapes": [(4, 4)],
+                                    "steps": np.arange(5) * 20, "param_stats": stats})
+
+    assert _codes(record(1e-3)) == []
+    found = find_problems(record(3e-2))
+    assert [f.code for f in found] == ["lr_too_high"] and "30x too large" in found[0].evidence
+
+
+def test_doctor_budget_defaults_to_a_few_hundred_steps_and_full_keeps_the_config_epochs(tiny):
+    from trainlab.config import load_config
+    from trainlab.data import steps_per_epoch
+    from trainlab.diagnostics import DEFAULT_STEPS
+    from trainlab.diagnostics.doctor import doctor_epochs
+
+    config = load_config({**tiny, "epochs": 500})
+    per_epoch = steps_per_epoch(config.data)
+    assert doctor_epochs(config) == math.ceil(DEFAULT_STEPS / per_epoch)
+    assert doctor_epochs(config, full=True) == 500 and doctor_epochs(config, 1) == 1
+    with pytest.raises(ValueError, match="The 'steps' parameter of doctor must be an int >= 1. Got 0 instead."):
+        doctor_epochs(config, 0)
+    with pytest.raises(ValueError, match="exclude each other"):
+        doctor_epochs(config, 10, full=True)
+
+
+def test_the_structure_probe_sees_modules_and_functional_calls_in_order():
+    from trainlab.diagnostics.probes import describe_model, locate_nonfinite
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return torch.softmax(self.b(F.relu(self.a(x))), dim=1)
+
+    net = Net()
+    seen = describe_model(net, torch.randn(5, 3))
+    assert [e["name"] for e in seen["sequence"]] == ["a", "relu()", "b", "softmax()"]
+    assert seen["output"]["row_sum_error"] < 1e-5 and net.training
+    with torch.no_grad():
+        net.b.weight[0, 0] = float("inf")
+    where = locate_nonfinite(net, torch.ones(5, 3))
+    assert where["params"] == ["b.weight"] and where["layer"] == "b" and where["input_finite"]

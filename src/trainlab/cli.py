@@ -207,7 +207,12 @@ def search(config: Path = typer.Argument(..., help="A run config (YAML): the bas
 @user_errors
 def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
            steps: Optional[int] = typer.Option(None, "--steps", min=1,
-                                               help="Train about this many steps [default: the config's epochs]."),
+                                               help="Train about this many steps [default: 300, whole epochs]."),
+           full: bool = typer.Option(False, "--full", help="Train the config's own epochs instead."),
+           repair: bool = typer.Option(False, "--repair", help="Try each finding's fixes over seeds; keep those "
+                                                               "with a significant gain; write OUT/repaired.yaml."),
+           seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per config with --repair (>= 3) "
+                                                                      "[default: 5]."),
            set_: list[str] = typer.Option([], "--set", help="Override a config value: --set optimizer.lr=3e-3."),
            out: Path = typer.Option(Path("doctor"), "--out", help="Where the record and doctor.html go."),
            tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Export the record for "
@@ -215,10 +220,17 @@ def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
     """Train briefly with per-layer probes and print what is wrong, with the technique that fixes it."""
     from trainlab.config import load_config
     from trainlab.diagnostics import doctor as run_doctor
+    from trainlab.diagnostics import repair as run_repair
 
-    report = run_doctor(load_config(config, set_), steps, out_dir=out, tensorboard_dir=tensorboard)
     con = console()
-    report.render(con)
+    if repair:
+        result = run_repair(load_config(config, set_), steps, full=full, out_dir=out,
+                            **({"seeds": seeds} if seeds is not None else {}))
+        result.render(con)
+        con.print(f"repaired config: {out / 'repaired.yaml'}", highlight=False)
+    else:
+        report = run_doctor(load_config(config, set_), steps, full=full, out_dir=out, tensorboard_dir=tensorboard)
+        report.render(con)
     con.print(f"report: {out / 'doctor.html'}", highlight=False)
 
 

@@ -32,6 +32,9 @@ SEVERITY_COLOR = {"error": "#cf222e", "warning": "#9a6700", "info": "#0969da"}
 # diagnose batches and splits like a config does unless told otherwise: one place for those defaults.
 _DATA_DEFAULTS = DataConfig.model_fields
 FINDING_COLUMNS = ("severity", "problem", "layer", "step", "evidence", "fix")
+# The doctor's default budget: a few hundred steps show every problem the rules know (most within the first 100)
+# and take seconds; ``full`` trains the config's own epochs instead.
+DEFAULT_STEPS = 300
 
 
 def _first_sentence(text: str) -> str:
@@ -47,6 +50,8 @@ class DiagnosisReport:
     record: DiagnosticsRecord
     final: dict[str, Any] = field(default_factory=dict)
     title: str = "trainlab doctor"
+    # More page sections after the figures, as (heading, HTML body): the repair's table and curves.
+    sections: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def top(self) -> Finding | None:
@@ -107,8 +112,9 @@ class DiagnosisReport:
 
         figures = "".join(f"<h2>{esc(name)}</h2><figure>{image(png_base64(fig), name)}</figure>"
                           for name, fig in record_figures(self.record).items())
+        extra = "".join(f"<h2>{esc(heading)}</h2>{html}" for heading, html in self.sections)
         body = (f"<h2>Findings</h2>{self._findings_html()}<h2>Final metrics</h2>"
-                f"{table(['metric', 'value'], list(self.final.items()))}{figures}")
+                f"{table(['metric', 'value'], list(self.final.items()))}{figures}{extra}")
         return page(self.title, body)
 
     def write_html(self, path: str | Path) -> Path:
@@ -163,7 +169,7 @@ def _check_regression_output(model: nn.Module, data: Data) -> None:
 
 
 def diagnose(model: nn.Module, data: Any, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-             optimizer: Any = None, *, steps: int = 300, batch_size: int = _DATA_DEFAULTS["batch_size"].default,
+             optimizer: Any = None, *, steps: int = DEFAULT_STEPS, batch_size: int = _DATA_DEFAULTS["batch_size"].default,
              every: int | None = None, val_fraction: float = _DATA_DEFAULTS["val_fraction"].default,
              seed: int = 0) -> DiagnosisReport:
     """Train ``model`` (any ``nn.Module``) for about ``steps`` steps with probes and return the findings.
@@ -194,7 +200,7 @@ def diagnose(model: nn.Module, data: Any, loss_fn: Callable[[Tensor, Tensor], Te
         _check_regression_output(model, data)
     if not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = OPTIMIZERS.create(optimizer if optimizer is not None else "adamw").build(model)
-    probes = Diagnostics(every if every is not None else _sampling_interval(steps))
+    probes = Diagnostics(every if every is not None else _sampling_interval(steps), stop_on_fatal=True)
     epochs = max(1, math.ceil(steps / data.steps_per_epoch(batch_size)))
     trainer = Trainer(model, data, optimizer, loss_fn=loss_fn, callbacks=[NonFiniteGuard(), probes], epochs=epochs,
                       batch_size=batch_size, generator=torch.Generator(device="cpu").manual_seed(seed))
@@ -203,14 +209,34 @@ def diagnose(model: nn.Module, data: Any, loss_fn: Callable[[Tensor, Tensor], Te
     return DiagnosisReport(find_problems(record), record, final, title=f"diagnose {type(model).__name__}")
 
 
-def doctor(config: RunConfig, steps: int | None = None, *, every: int | None = None,
+def doctor_epochs(config: RunConfig, steps: int | None = None, full: bool = False,
+                  data: Data | None = None) -> int:
+    """The epochs of the doctor's budget: ``steps`` (default ``DEFAULT_STEPS``) rounded up to whole epochs, or the
+    config's own epochs with ``full``. Counted from the dataset's size (or ``data``'s) without loading it."""
+    from trainlab.data import steps_per_epoch
+
+    if full:
+        if steps is not None:
+            raise ValueError(f"The 'steps' and 'full' parameters of doctor exclude each other: 'full' trains the "
+                             f"config's {config.epochs} epochs. Got steps={steps!r} and full=True instead.")
+        return config.epochs
+    steps = DEFAULT_STEPS if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"The 'steps' parameter of doctor must be an int >= 1. Got {steps!r} instead.")
+    per_epoch = steps_per_epoch(config.data) if data is None else data.steps_per_epoch(config.data.batch_size)
+    return max(1, math.ceil(steps / per_epoch))
+
+
+def doctor(config: RunConfig, steps: int | None = None, *, full: bool = False, every: int | None = None,
            out_dir: str | Path | None = None, tensorboard_dir: str | Path | None = None,
            data: Data | ArraysLike | None = None) -> DiagnosisReport:
-    """Train a config briefly with probes (``steps`` rounded up to whole epochs; None keeps the config's epochs).
+    """Train a config briefly with probes and return the findings.
 
-    ``config`` is a validated ``RunConfig`` (``load_config`` makes one from a YAML path or a dict). With ``out_dir``
-    the record and ``doctor.html`` are written there; with ``tensorboard_dir`` the record is exported for
-    TensorBoard. ``data`` (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``) replaces the config's
+    The budget is ``steps`` (default ``DEFAULT_STEPS``) rounded up to whole epochs, or the config's epochs with
+    ``full``; training stops early once a fatal finding is certain (a non-finite loss, units still identical after
+    symmetric init). ``config`` is a validated ``RunConfig`` (``load_config`` makes one from a YAML path or a dict).
+    With ``out_dir`` the record and ``doctor.html`` are written there; with ``tensorboard_dir`` the record is exported
+    for TensorBoard. ``data`` (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``) replaces the config's
     dataset.
     """
     from trainlab.config import RunConfig, load_config
@@ -223,13 +249,10 @@ def doctor(config: RunConfig, steps: int | None = None, *, every: int | None = N
     # Counted from the dataset's size: the data is loaded once, by the trainer.
     if data is not None:
         data = as_data(data, config.data, "doctor")
+    config = load_config(config, {"epochs": doctor_epochs(config, steps, full, data)})
     per_epoch = steps_per_epoch(config.data) if data is None else data.steps_per_epoch(config.data.batch_size)
-    if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"The 'steps' parameter of doctor must be an int >= 1. Got {steps!r} instead.")
-        config = load_config(config, {"epochs": max(1, math.ceil(steps / per_epoch))})
     probes = Diagnostics(every if every is not None else _sampling_interval(config.epochs * per_epoch),
-                         out_dir=out_dir, tensorboard_dir=tensorboard_dir)
+                         out_dir=out_dir, tensorboard_dir=tensorboard_dir, stop_on_fatal=True)
     final = build_trainer(config, [probes], data=data).fit()
     record = probes.record()
     report = DiagnosisReport(find_problems(record), record, final, title="trainlab doctor")

@@ -130,20 +130,22 @@ def _activation_stats(out: Tensor, bounds: tuple[float, float] | None, zero_floo
 
 
 class _FunctionalCapture(TorchFunctionMode):
-    """Hands the output of every functional activation call made while it is active to ``on_call``.
+    """Hands the output of every call of a function in ``table`` made while it is active to ``on_call``
+    (by default the functional activations).
 
     torch leaves a mode while it runs the mode's handler, so the statistics computed in ``on_call`` and the
     functions an activation calls internally (``F.relu`` calls ``torch.relu``) are not seen a second time.
     """
 
-    def __init__(self, on_call: Callable[[tuple[str, type[nn.Module]], Any], None]):
+    def __init__(self, on_call: Callable[[tuple[str, type[nn.Module]], Any], None],
+                 table: dict[Any, tuple[str, type[nn.Module]]] = FUNCTIONAL_ACTIVATIONS):
         super().__init__()
-        self.on_call = on_call
+        self.on_call, self.table = on_call, table
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        family = FUNCTIONAL_ACTIVATIONS.get(func)
+        family = self.table.get(func)
         if family is not None:
             self.on_call(family, out)
         return out
@@ -307,3 +309,92 @@ def input_scales(x: Tensor) -> np.ndarray:
     """Root mean square of each input feature over a batch: 1 for standardized inputs."""
     flat = x.detach().float().reshape(x.shape[0], -1)
     return flat.pow(2).mean(0).sqrt().cpu().numpy()
+
+
+# --- the model's structure and its output, seen once -------------------------------------------------------------
+
+# Functions a forward may call that turn scores into probabilities: with the activations, what the structure probe
+# notes between layers.
+_NORMALIZERS: dict[Any, tuple[str, type[nn.Module]]] = {
+    **{f: ("softmax", nn.Softmax) for f in (torch.softmax, F.softmax, Tensor.softmax)},
+    **{f: ("log_softmax", nn.LogSoftmax) for f in (torch.log_softmax, F.log_softmax, Tensor.log_softmax)},
+}
+STRUCTURE_FUNCTIONS = {**FUNCTIONAL_ACTIVATIONS, **_NORMALIZERS}
+# Modules that are affine maps of their input (in eval mode) or pass it through: a stack of weight layers with only
+# these between them computes one affine map.
+AFFINE_MODULES: tuple[type[nn.Module], ...] = (
+    *WEIGHT_LAYERS, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.modules.batchnorm._BatchNorm)
+
+
+def _leaf_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {name or type(m).__name__: m for name, m in model.named_modules() if not list(m.children())}
+
+
+def _module_event(name: str, module: nn.Module) -> dict[str, Any]:
+    """One step of the structure: name, class, whether it is a weight layer, affine, and its dropout rate."""
+    p = getattr(module, "p", None)
+    return {"name": name, "kind": type(module).__name__, "weight": isinstance(module, WEIGHT_LAYERS),
+            "affine": isinstance(module, AFFINE_MODULES),
+            "dropout": float(p) if isinstance(p, float) and "Dropout" in type(module).__name__ else None}
+
+
+def output_summary(out: Tensor) -> dict[str, float]:
+    """What kind of numbers a model outputs: their range, and how far rows are from summing to 1 as probabilities
+    (``row_sum_error``) or log-probabilities (``logsumexp_error``)."""
+    out = out.detach().float().reshape(out.shape[0], -1)
+    finite = out[torch.isfinite(out).all(1)]
+    if not len(finite):
+        return {}
+    return {"min": float(finite.min()), "max": float(finite.max()), "columns": int(finite.shape[1]),
+            "row_sum_error": float((finite.sum(1) - 1).abs().max()),
+            "logsumexp_error": float(finite.logsumexp(1).abs().max())}
+
+
+def describe_model(model: nn.Module, x: Tensor) -> dict[str, Any]:
+    """One forward of ``x`` in eval mode without gradients: the leaf modules and the activation / softmax calls in
+    the order they ran (``sequence``), and a summary of the output (``output``, see ``output_summary``)."""
+    sequence: list[dict[str, Any]] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, name=name: sequence.append(_module_event(name, mod)))
+               for name, m in _leaf_modules(model).items()]
+
+    def on_call(family: tuple[str, type[nn.Module]], out: Any) -> None:
+        sequence.append({"name": f"{family[0]}()", "kind": family[1].__name__, "weight": False, "affine": False,
+                         "dropout": None})
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _FunctionalCapture(on_call, STRUCTURE_FUNCTIONS):
+            out = model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return {"sequence": sequence, "output": output_summary(out) if isinstance(out, Tensor) and out.ndim else {}}
+
+
+def locate_nonfinite(model: nn.Module, x: Tensor) -> dict[str, Any]:
+    """Where non-finite values first appear in a forward of ``x`` (DeepLocalize, Wardat et al., ICSE 2021): the
+    parameters that hold NaN/inf, and the first leaf module (in execution order) whose output is non-finite, with
+    whether its input was finite (the module made them) or not (they came from the input or a function call)."""
+    bad_params = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    first: list[dict[str, Any]] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def check(module: nn.Module, inputs: Any, output: Any) -> None:
+            if first or not isinstance(output, Tensor) or bool(torch.isfinite(output).all()):
+                return
+            ins = [t for t in inputs if isinstance(t, Tensor)]
+            first.append({"layer": name, "kind": type(module).__name__,
+                          "input_finite": all(bool(torch.isfinite(t).all()) for t in ins)})
+        return check
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in _leaf_modules(model).items()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {**(first[0] if first else {}), "params": bad_params}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainlab.callbacks import Callback
+from trainlab.callbacks import Callback, StopTraining
 from trainlab.checkpoints import atomic_write, atomic_write_text
 from trainlab.diagnostics.probes import (
     HIST_BINS,
@@ -26,11 +26,14 @@ from trainlab.diagnostics.probes import (
     _ActivationProbe,
     check_probe_args,
     describe_calls,
+    describe_model,
     grad_stats,
     input_scales,
+    locate_nonfinite,
     to_layer_stats,
     weight_stats,
 )
+from trainlab.diagnostics.rules import SYMMETRY_TOL
 
 if TYPE_CHECKING:
     from trainlab.trainer import Trainer
@@ -39,6 +42,9 @@ if TYPE_CHECKING:
 # bigger models); one in 100 keeps the overhead at 1-3% (bench/bench_probes.py measures it). A 10k-step run still
 # gets 100 samples; doctor and diagnose sample ~50 times whatever their length.
 DEFAULT_EVERY = 100
+# With ``stop_on_fatal``, rows of a weight matrix still identical (within SYMMETRY_TOL) after this many sampled steps
+# are certain to stay so (their gradients are identical too), and the run stops: more steps cannot change the finding.
+FATAL_SAMPLES = 5
 
 
 @dataclass
@@ -127,16 +133,23 @@ class Diagnostics(Callback):
     measures the update. The statistics stay small tensors on the device until ``record()`` converts them, so
     unsampled steps cost no host sync. The training loss of every step is kept the same way. With ``out_dir`` the
     record is saved there at the end of training; with ``tensorboard_dir`` it is also exported for TensorBoard.
+
+    Once per run it also notes what the rules about the model's make-up need (``meta``): the module sequence and a
+    summary of the output (one extra forward in eval mode at step 0), the loss class, frozen parameters and those
+    the optimizer does not hold, the targets' scale or the majority class's share; on a CPU it checks every step's
+    loss, and the first non-finite one is located in the layer where it appears. With ``stop_on_fatal`` it ends the
+    run once a fatal finding is certain: weight rows still identical after ``FATAL_SAMPLES`` sampled steps.
     """
 
     def __init__(self, every: int = DEFAULT_EVERY, *, bins: int = HIST_BINS, margin: float = SATURATION_MARGIN,
-                 out_dir: str | Path | None = None, tensorboard_dir: str | Path | None = None):
+                 out_dir: str | Path | None = None, tensorboard_dir: str | Path | None = None,
+                 stop_on_fatal: bool = False):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"The 'every' parameter of Diagnostics must be an int >= 1. Got {every!r} instead.")
         check_probe_args(bins, margin)
         if tensorboard_dir is not None:
             summary_writer_class()
-        self.every, self.bins, self.margin = every, bins, margin
+        self.every, self.bins, self.margin, self.stop_on_fatal = every, bins, margin, stop_on_fatal
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir is not None else None
         self._reset()
@@ -161,8 +174,8 @@ class Diagnostics(Callback):
         self._params = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
         data = trainer.data
         self._meta = {"every": self.every, "bins": self.bins, "margin": self.margin, "task": data.task,
-                      "num_classes": data.num_classes, "train_size": len(data.x_train),
-                      "model": type(trainer.model).__name__}
+                      "num_classes": data.num_classes, "train_size": len(data.x_train), "val_size": len(data.y_val),
+                      "model": type(trainer.model).__name__, **_setup_facts(trainer)}
 
     def on_step_start(self, trainer: Trainer) -> None:
         self._sampling = trainer.step % self.every == 0
@@ -170,12 +183,21 @@ class Diagnostics(Callback):
             return
         if not self._samples and not self._pending and trainer.batch is not None:
             self._input_scales = input_scales(trainer.batch[0])
+            if "sequence" not in self._meta:
+                self._meta.update(describe_model(trainer.model, trainer.batch[0]))
         self._probe.attach()
         self._snapshot = [p.detach().clone() for _, p in self._params]
 
     def after_backward(self, trainer: Trainer) -> None:
         self._loss_steps.append(trainer.step)
         self._losses.append(trainer.loss.detach().reshape(()))
+        # On a CPU reading the loss costs nothing (NonFiniteGuard reads it too); on an accelerator only sampled steps.
+        if ("nonfinite" not in self._meta and (self._sampling or trainer.loss.device.type == "cpu")
+                and not bool(torch.isfinite(trainer.loss)) and trainer.batch is not None):
+            self._probe.detach()
+            self._meta["nonfinite"] = {"step": trainer.step, **locate_nonfinite(trainer.model, trainer.batch[0])}
+            if self._sampling:
+                self._probe.attach()
         if not self._sampling:
             return
         self._probe.detach()
@@ -194,6 +216,19 @@ class Diagnostics(Callback):
         self._pending["params"] = torch.cat([self._pending.pop("grads"), weights], dim=1)
         self._samples.append(self._pending)
         self._pending, self._snapshot, self._sampling = {}, None, False
+        if self.stop_on_fatal and len(self._samples) >= FATAL_SAMPLES:
+            self._stop_if_symmetric()
+
+    def _stop_if_symmetric(self) -> None:
+        """End the run when some weight matrix (>= 2 rows) had identical rows at every sampled step so far."""
+        column = PARAM_FIELDS.index("row_spread")
+        spread = torch.stack([s["params"][:, column] for s in self._samples]).amax(0)
+        stuck = [n for (n, p), v in zip(self._params, spread.tolist()) if p.ndim >= 2 and p.shape[0] > 1
+                 and v <= SYMMETRY_TOL]
+        if stuck:
+            self._meta["stopped_early"] = (f"the rows of {stuck[0]} were identical at all {len(self._samples)} "
+                                           f"sampled steps: symmetric units stay symmetric")
+            raise StopTraining(f"doctor: {self._meta['stopped_early']}")
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         self._history = [dict(h) for h in trainer.history]
@@ -252,6 +287,28 @@ class Diagnostics(Callback):
                 f"statistics; the gradient and weight statistics are complete. Activation modules (nn.ReLU, ...) "
                 f"instead of functions are probed at every step."]
         return meta
+
+
+def _setup_facts(trainer: Trainer) -> dict[str, Any]:
+    """What the rules about the set-up need, read once at the start: the loss class, the parameters that are frozen
+    (``requires_grad=False``) or that the optimizer does not hold, and the targets' scale or the majority share."""
+    params = list(trainer.model.named_parameters())
+    groups = getattr(trainer.optimizer, "param_groups", None)
+    held = {id(p) for g in groups for p in g["params"]} if groups is not None else {id(p) for _, p in params}
+    facts: dict[str, Any] = {
+        "loss": type(trainer.loss_fn).__name__,
+        "frozen": [n for n, p in params if not p.requires_grad],
+        "not_in_optimizer": [n for n, p in params if p.requires_grad and id(p) not in held],
+        "param_sizes": {n: p.numel() for n, p in params}}
+    y = trainer.data.y_train
+    if trainer.data.task == "regression" and len(y):
+        targets = y.detach().float().reshape(len(y), -1)
+        facts["target_mean"] = targets.mean(0).tolist()
+        facts["target_std"] = targets.std(0, correction=0).tolist()
+        facts["target_min"], facts["target_max"] = targets.amin(0).tolist(), targets.amax(0).tolist()
+    elif len(y):
+        facts["majority_share"] = float(torch.bincount(y.detach().long()).max()) / len(y)
+    return facts
 
 
 def summary_writer_class() -> type:

@@ -60,6 +60,32 @@ PLATEAU_DECREASE = 0.05
 # Input features should have RMS about 1; above these the first layer's pre-activations are far off its init.
 UNSCALED_RMS = 10.0
 UNSCALED_RMS_ERROR = 100.0
+# Oscillating loss (AUTOTRAINER, Zhang et al., ICSE 2021): the medians of 20 chunks of the per-step loss reverse
+# direction at least OSC_SWINGS times, each swing at least OSC_SWING of the first chunk's loss. Minibatch noise is
+# gone from chunk medians, and a converging run's late wiggles are a few percent of its start.
+OSC_SWING = 0.1
+OSC_SWINGS = 4
+# Update-to-weight ratio ~1e-3 per step is healthy (Karpathy, CS231n "Babysitting the learning process"); a median
+# ten times that moves every weight by 1% per step: the lr is too high even when the loss still falls.
+LARGE_UPDATE_RATIO = 1e-2
+# Probabilities given to a loss that expects logits (UMLAUT, Schoop et al., CHI 2021): rows of non-negative outputs
+# that sum to 1 within float32 rounding, or outputs all in [0, 1] (a sigmoid) for a multi-class cross-entropy.
+PROBABILITY_TOL = 1e-3
+# Regression targets should have about unit scale (LeCun et al., "Efficient BackProp", 1998, section 4.3): std
+# outside [0.1, 10] or a mean more than 10 std away from 0 leave the output layer's init far off.
+TARGET_SCALE_LOW, TARGET_SCALE_HIGH = 0.1, 10.0
+# Targets of scale 100 or more give MSE gradients 100x those the init expects: the first steps explode.
+TARGET_SCALE_ERROR = 100.0
+# Labels without signal (Zhang et al., "Understanding deep learning requires rethinking generalization", 2017):
+# training accuracy climbs this far above chance while the best validation accuracy stays within
+# max(LABEL_MARGIN, 3 binomial standard errors) of it.
+LABEL_LEARNED = 0.15
+LABEL_MARGIN = 0.05
+# Dropout rates above 0.5 (the rate Srivastava et al. 2014 use for hidden units) with the training loss (measured
+# with dropout) this many times the validation loss (without) and above UNDERFIT_SHARE of chance: the noise swamps
+# the signal and the net underfits.
+DROPOUT_RATE = 0.5
+DROPOUT_GAP = 1.2
 
 
 @dataclass(frozen=True)
@@ -95,10 +121,7 @@ def _loss_findings(r: DiagnosticsRecord) -> list[Finding]:
         return []
     bad = np.flatnonzero(~np.isfinite(losses))
     if len(bad):
-        step = int(steps[bad[0]])
-        return [Finding("divergence", None, step, "error",
-                        f"the training loss became non-finite ({losses[bad[0]]}) at step {step}",
-                        "lower lr (e.g. 10x); add warmup (schedule: warmup) or grad_clip; standardize inputs")]
+        return [_nonfinite_finding(r, int(steps[bad[0]]), float(losses[bad[0]]))]
     chunks = _chunks(losses)
     # ``head`` is the first few steps (a run may converge within its first chunk), noisy; ``start`` the first chunk.
     head = float(np.median(losses[:max(3, len(losses) // 50)]))
@@ -290,14 +313,232 @@ def _input_findings(r: DiagnosticsRecord) -> list[Finding]:
         "preprocess: standardize (or min_max); fitted on the training split only")]
 
 
+def _nonfinite_finding(r: DiagnosticsRecord, step: int, loss: float) -> Finding:
+    """Divergence at the first non-finite loss, located where the non-finite values first appear (DeepLocalize,
+    Wardat et al., ICSE 2021): the first layer whose output is NaN/inf, or the parameters that already are."""
+    where = r.meta.get("nonfinite") or {}
+    layer, located = None, ""
+    if where.get("params"):
+        layer = where["params"][0]
+        located = (f"; the weights themselves are already non-finite ({', '.join(where['params'][:3])}): the update "
+                   f"of step {step - 1} overflowed")
+    elif where.get("layer"):
+        layer = where["layer"]
+        made = "from finite inputs" if where.get("input_finite") else "from non-finite inputs"
+        located = f"; the first non-finite values appear in the output of {layer} ({where['kind']}), {made}"
+    return Finding("divergence", layer, step, "error",
+                   f"the training loss became non-finite ({loss}) at step {step}{located}",
+                   "lower lr (e.g. 10x); add warmup (schedule: warmup) or grad_clip; standardize inputs")
+
+
+def _swings(values: np.ndarray, threshold: float) -> int:
+    """Direction reversals of a series that move at least ``threshold`` from the last extreme (a zigzag count)."""
+    count, direction, extreme = 0, 0, float(values[0])
+    for v in values[1:]:
+        move = float(v) - extreme
+        if direction >= 0 and move <= -threshold or direction <= 0 and move >= threshold:
+            count += direction != 0
+            direction, extreme = (1 if move > 0 else -1), float(v)
+        elif direction * move > 0:
+            extreme = float(v)
+    return count
+
+
+def _oscillation_findings(r: DiagnosticsRecord) -> list[Finding]:
+    losses = r.losses
+    if len(losses) < 40 or not np.isfinite(losses).all():
+        return []
+    size = len(losses) // 20
+    chunks = np.array([np.median(losses[i * size:(i + 1) * size]) for i in range(20)])
+    swings = _swings(chunks, OSC_SWING * abs(chunks[0]))
+    if swings < OSC_SWINGS:
+        return []
+    return [Finding(
+        "oscillating_loss", None, int(r.loss_steps[-1]), "warning",
+        f"the smoothed training loss reversed direction {swings} times by more than {_fmt(100 * OSC_SWING)}% of "
+        f"its start ({_fmt(chunks[0])}), between {_fmt(chunks.min())} and {_fmt(chunks[1:].max())}: the steps "
+        f"overshoot the minimum",
+        "lower lr (3-10x), less momentum, or decay the lr (schedule: cosine)")]
+
+
+def _update_findings(r: DiagnosticsRecord) -> list[Finding]:
+    weights = [r.params.index(n) for n in r.weight_params]
+    if not weights or len(r.steps) < 3:
+        return []
+    ratios = r.param_stats[1:, weights, PARAM_FIELDS.index("update_ratio")]
+    ratio = _median(ratios.ravel())
+    if not ratio > LARGE_UPDATE_RATIO:
+        return []
+    lr = r.history[-1].get("lr") if r.history else None
+    at = f" at lr {_fmt(lr)}" if lr is not None else ""
+    return [Finding(
+        "lr_too_high", None, None, "warning",
+        f"each step moves the weights by {_fmt(ratio)} of their norm (median over layers and sampled steps){at}; "
+        f"about 1e-3 is healthy, so the lr is ~{_fmt(ratio / 1e-3)}x too large",
+        "lower lr by about that factor (e.g. 10x); an LR range test finds the scale")]
+
+
+def _setup_findings(r: DiagnosticsRecord) -> list[Finding]:
+    sizes = r.meta.get("param_sizes", {})
+    total = sum(sizes.values()) or 1
+    findings = []
+    missing = r.meta.get("not_in_optimizer", [])
+    if missing:
+        count = sum(sizes.get(n, 0) for n in missing)
+        moved = [n for n in missing if n in r.params and np.nanmax(np.nan_to_num(r.param(n, "update_ratio"))) > 0]
+        findings.append(Finding(
+            "missing_from_optimizer", missing[0], None, "error",
+            f"{len(missing)} parameter(s) ({', '.join(missing[:4])}; {count} of {total} values) get gradients but "
+            f"are not in the optimizer, so they never change (update ratio {'> 0 for ' + moved[0] if moved else '0'}"
+            f" at every sampled step)",
+            "build the optimizer over model.parameters() (or add the missing ones to a param group)"))
+    frozen = r.meta.get("frozen", [])
+    if frozen:
+        count = sum(sizes.get(n, 0) for n in frozen)
+        findings.append(Finding(
+            "frozen_parameters", frozen[0], None, "warning",
+            f"{len(frozen)} parameter(s) ({', '.join(frozen[:4])}; {count} of {total} values, "
+            f"{_fmt(100 * count / total)}%) have requires_grad=False and never change",
+            "if not frozen on purpose: p.requires_grad_(True) for them, and include them in the optimizer"))
+    return findings
+
+
+_BOUNDED_OUTPUTS = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "Tanh": (-1.0, 1.0), "ReLU": (0.0, math.inf)}
+
+
+def _last_event(r: DiagnosticsRecord) -> tuple[str | None, str]:
+    """The name and class of the last module or activation call of the forward (None, "" when unknown)."""
+    sequence = r.meta.get("sequence") or []
+    return (sequence[-1]["name"], sequence[-1]["kind"]) if sequence else (None, "")
+
+
+def _output_findings(r: DiagnosticsRecord) -> list[Finding]:
+    out, loss = r.meta.get("output") or {}, r.meta.get("loss", "")
+    name, last = _last_event(r)
+    if not out:
+        return []
+    problem = ""
+    # Softmax rows sum to 1 whatever the last call was; sigmoid outputs lie in [0, 1] but need the call named.
+    probabilities = 0 <= out["min"] < out["max"] <= 1 and (out["row_sum_error"] < PROBABILITY_TOL
+                                                            or last in ("Sigmoid", "Softmax"))
+    if r.meta.get("task") == "classification" and loss in ("CrossEntropyLoss", "WeightedLoss") and probabilities:
+        problem = (f"the outputs are probabilities (all in [{_fmt(out['min'])}, {_fmt(out['max'])}], rows sum to 1 "
+                   f"within {_fmt(out['row_sum_error'])}; last: {last or 'a function'}) but {loss} expects logits "
+                   f"and applies log_softmax itself: the gradients shrink and training stalls")
+        fix = "return the raw scores of the last Linear layer (drop the softmax/sigmoid); apply softmax only to predict"
+    elif loss == "NLLLoss" and out["logsumexp_error"] > PROBABILITY_TOL:
+        problem = (f"NLLLoss expects log-probabilities, but the outputs are not (logsumexp of a row is "
+                   f"{_fmt(out['logsumexp_error'])} away from 0; last: {last or 'a function'})")
+        fix = "end the model with log_softmax, or use CrossEntropyLoss on the raw scores"
+    elif loss == "BCEWithLogitsLoss" and 0 <= out["min"] < out["max"] <= 1:
+        problem = (f"BCEWithLogitsLoss applies a sigmoid itself, but the outputs already lie in "
+                   f"[{_fmt(out['min'])}, {_fmt(out['max'])}] (last: {last or 'a function'})")
+        fix = "drop the final sigmoid"
+    else:
+        problem, fix = _squashed_regression(r, last)
+    return [Finding("loss_mismatch", name, 0, "error", problem, fix)] if problem else []
+
+
+def _squashed_regression(r: DiagnosticsRecord, last: str) -> tuple[str, str]:
+    """A regression output bounded by its last activation while the targets reach beyond the bound."""
+    if r.meta.get("task") != "regression" or last not in _BOUNDED_OUTPUTS or "target_min" not in r.meta:
+        return "", ""
+    lo, hi = _BOUNDED_OUTPUTS[last]
+    t_lo, t_hi = min(r.meta["target_min"]), max(r.meta["target_max"])
+    if lo <= t_lo and t_hi <= hi:
+        return "", ""
+    return (f"the regression output passes through {last} (range [{_fmt(lo)}, {_fmt(hi)}]) but the targets span "
+            f"[{_fmt(t_lo)}, {_fmt(t_hi)}]: the model cannot output most of them",
+            "end a regression model with a Linear layer (no activation), or rescale the targets into the range")
+
+
+def _structure_findings(r: DiagnosticsRecord) -> list[Finding]:
+    """Two weight layers with only affine modules between them (NeuraLint, Nikanjam et al., TOSEM 2021): together
+    they are one linear map, so the extra layer adds parameters and no capacity."""
+    sequence = r.meta.get("sequence") or []
+    previous = None
+    for event in sequence:
+        if event["weight"]:
+            if previous is not None:
+                return [Finding(
+                    "linear_stack", event["name"], None, "warning",
+                    f"{previous['name']} ({previous['kind']}) feeds {event['name']} ({event['kind']}) with no "
+                    f"nonlinearity between them, only affine modules: the two compute one linear map",
+                    "put an activation (nn.ReLU, ...) between the layers, or merge them into one")]
+            previous = event
+        elif not event["affine"]:
+            previous = None
+    return []
+
+
+def _target_findings(r: DiagnosticsRecord) -> list[Finding]:
+    if r.meta.get("task") != "regression" or not r.meta.get("target_std"):
+        return []
+    stds, means = np.array(r.meta["target_std"]), np.array(r.meta["target_mean"])
+    far = np.abs(means) > TARGET_SCALE_HIGH * np.maximum(stds, 1.0)
+    if stds.max() <= TARGET_SCALE_HIGH and stds.min() >= TARGET_SCALE_LOW and not far.any():
+        return []
+    scale = max(float(np.abs(means).max()), float(stds.max()))
+    return [Finding(
+        "unscaled_targets", None, None, "error" if scale > TARGET_SCALE_ERROR else "warning",
+        f"the regression targets have std {_fmt(stds.min())} to {_fmt(stds.max())} and mean {_fmt(means.min())} to "
+        f"{_fmt(means.max())}; the output layer's init and the lr assume targets of unit scale",
+        "standardize the targets (fit mean/std on the training split, invert for predictions)")]
+
+
+def _label_findings(r: DiagnosticsRecord) -> list[Finding]:
+    rows = [h for h in r.history if math.isfinite(h.get("val_acc", math.nan)) and "train_acc" in h]
+    chance, n_val = r.meta.get("majority_share"), r.meta.get("val_size", 0)
+    if len(rows) < 3 or chance is None or not n_val:
+        return []
+    margin = max(LABEL_MARGIN, 3 * math.sqrt(chance * (1 - chance) / n_val))
+    best_val = max(h["val_acc"] for h in rows)
+    train = rows[-1]["train_acc"]
+    if train - chance < LABEL_LEARNED or best_val > chance + margin:
+        return []
+    return [Finding(
+        "labels_no_signal", None, int(rows[-1]["step"]), "warning",
+        f"training accuracy rose to {_fmt(train)} while the best validation accuracy is {_fmt(best_val)}, within "
+        f"{_fmt(margin)} of chance ({_fmt(chance)}, the majority class): the net memorizes labels that carry no "
+        f"signal it can generalize",
+        "check the labels: shuffled or misaligned with the inputs, a wrong column, a broken join or split")]
+
+
+def _dropout_findings(r: DiagnosticsRecord) -> list[Finding]:
+    rates = [(e["dropout"], e["name"]) for e in r.meta.get("sequence") or [] if e.get("dropout") is not None]
+    rows = [h for h in r.history if math.isfinite(h.get("val_loss", math.nan))]
+    if not rates or not rows:
+        return []
+    rate, name = max(rates)
+    train, val = rows[-1]["train_loss"], rows[-1]["val_loss"]
+    classes = r.meta.get("num_classes")
+    chance = math.log(classes) if r.meta.get("task") == "classification" and classes else float(r.losses[0])
+    if rate <= DROPOUT_RATE or train < DROPOUT_GAP * val or train < UNDERFIT_SHARE * chance:
+        return []
+    return [Finding(
+        "dropout_too_high", name, int(rows[-1]["step"]), "warning",
+        f"dropout {_fmt(rate)} at {name}: the training loss (with dropout) is {_fmt(train)}, {_fmt(train / val)}x "
+        f"the validation loss without it ({_fmt(val)}), and {_fmt(100 * train / chance)}% of chance: the net "
+        f"underfits through the noise",
+        "dropout 0.1-0.3 (0.5 at most for wide hidden layers)")]
+
+
 # Causes before symptoms: among findings of equal severity the cause is listed first.
-PRIORITY = ("symmetric_units", "unscaled_inputs", "exploding_gradients", "divergence", "saturation", "dead_units",
-            "activation_collapse", "vanishing_gradients", "lr_too_high", "lr_too_low", "overfitting", "underfitting")
+PRIORITY = ("missing_from_optimizer", "loss_mismatch", "symmetric_units", "unscaled_inputs", "unscaled_targets",
+            "frozen_parameters", "linear_stack", "exploding_gradients", "divergence", "labels_no_signal",
+            "saturation", "dead_units", "activation_collapse", "vanishing_gradients", "dropout_too_high",
+            "oscillating_loss", "lr_too_high", "lr_too_low", "overfitting", "underfitting")
 RULES: tuple[Callable[[DiagnosticsRecord], list[Finding]], ...] = (
-    _symmetry_findings, _input_findings, _gradient_findings, _activation_findings, _loss_findings, _epoch_findings)
+    _setup_findings, _output_findings, _structure_findings, _symmetry_findings, _input_findings, _target_findings,
+    _gradient_findings, _activation_findings, _loss_findings, _oscillation_findings, _update_findings, _label_findings,
+    _dropout_findings, _epoch_findings)
 
 
 def find_problems(record: DiagnosticsRecord) -> list[Finding]:
-    """Every rule applied to a record, findings sorted by severity and then cause-before-symptom."""
-    findings = [f for rule in RULES for f in rule(record)]
-    return sorted(findings, key=lambda f: (SEVERITY_RANK[f.severity], PRIORITY.index(f.code)))
+    """Every rule applied to a record, one finding per problem (the first rule's), sorted by severity and then
+    cause-before-symptom."""
+    findings: dict[str, Finding] = {}
+    for rule in RULES:
+        for f in rule(record):
+            findings.setdefault(f.code, f)
+    return sorted(findings.values(), key=lambda f: (SEVERITY_RANK[f.severity], PRIORITY.index(f.code)))
