@@ -1,10 +1,11 @@
 """The self-contained HTML report of a study directory, and the stored outcomes it is rendered from.
 
 A study directory holds ``outcomes/<study>.json`` (what ``StudyOutcome.to_dict`` wrote), the figures as PNG files, and
-the rendered pages: ``index.html`` (every claim with its verdict) and ``<study>.html`` (one page per study). Pages embed
-their images as base64 PNG and carry their CSS inline (the page shell of ``trainlab.html``), so one file opens from
-disk anywhere; every string that comes from a study or a user is escaped. ``render_report(out_dir)`` rebuilds every
-page from the stored outcomes alone, so re-rendering never retrains.
+the rendered pages: ``index.html`` (every claim with its verdict, then the notes' claims inventory of
+``docs/CLAIMS.md`` when it is there) and ``<study>.html`` (one page per study). Pages embed their images as base64
+PNG and carry their CSS inline (the page shell of ``trainlab.html``), so one file opens from disk anywhere; every
+string that comes from a study or a user is escaped. ``render_report(out_dir)`` rebuilds every page from the stored
+outcomes alone, so re-rendering never retrains.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from trainlab.checkpoints import atomic_write_text
+from trainlab.claims import INVENTORY_PATH, InventoryClaim, coverage, load_inventory
 from trainlab.html import Markup, badge, esc, fmt, image_file, page, table
 
 OUTCOMES_DIR = "outcomes"
@@ -179,12 +181,17 @@ def _inside(out_dir: Path, relative: str) -> Path:
     return path
 
 
-def index_page(outcomes: Sequence[StudyOutcome]) -> str:
-    """The HTML of the index: every claim of every study with its verdict, linking to it on its study page."""
+def index_page(outcomes: Sequence[StudyOutcome], inventory_path: str | Path | None = None) -> str:
+    """The HTML of the index: every claim of every study with its verdict, linking to it on its study page; then
+    the claims inventory of the notes (``docs/CLAIMS.md``, or ``inventory_path``) when that file exists."""
     counts = {v: sum(c.verdict == v for o in outcomes for c in o.claims) for v in VERDICT_COLORS}
     summary = " &middot; ".join(f"{_verdict_badge(v)} {n}" for v, n in counts.items())
+    path = Path(inventory_path) if inventory_path is not None else INVENTORY_PATH
+    inventory = load_inventory(path) if path.is_file() else None
     parts = ["<p>Each claim of the notes, put to the test over several seeds: the verdict comes from the measured "
              "numbers (mean, 95% interval, a significance test and a minimum effect).</p>", f"<p>{summary}</p>"]
+    if inventory is not None:
+        parts.append(f'<p>{_coverage_sentence(inventory)} (<a href="#notes">the list</a>)</p>')
     for o in outcomes:
         link = f"{o.name}.html"
         parts.append(f'<h2><a href="{esc(link)}">{esc(o.title)}</a></h2><p class="muted">{esc(o.question)} '
@@ -192,7 +199,33 @@ def index_page(outcomes: Sequence[StudyOutcome]) -> str:
         rows = [[_verdict_badge(c.verdict), Markup(f'<a href="{esc(link)}#{esc(c.key)}">{esc(c.text)}</a>')]
                 for c in o.claims]
         parts.append(table(["verdict", "claim"], rows, cls="text"))
+    if inventory is not None:
+        parts.append(_inventory_section(inventory, outcomes))
     return page("trainlab studies", "".join(parts))
+
+
+def _coverage_sentence(inventory: Sequence[InventoryClaim]) -> Markup:
+    tested, testable = coverage(inventory)
+    untested = sum(c.testable and c.key is None for c in inventory)
+    return esc(f"{tested} of {testable} testable claims in the notes have a study ({untested} untested).")
+
+
+def _inventory_section(inventory: Sequence[InventoryClaim], outcomes: Sequence[StudyOutcome]) -> str:
+    """The notes' tested claims, each with the study claim that tests it: a link to its anchor on the study page
+    and its verdict when this report holds that study's outcome (plain text otherwise, so no link is dead)."""
+    stored = {f"{o.name}.{c.key}": c for o in outcomes for c in o.claims}
+    rows = []
+    for claim in (c for c in inventory if c.key is not None):
+        study, _, key = claim.key.partition(".")
+        by: Any = claim.key
+        verdict: Any = Markup('<span class="muted">not in this report</span>')
+        if claim.key in stored:
+            by = Markup(f'<a href="{esc(study)}.html#{esc(key)}">{esc(claim.key)}</a>')
+            verdict = _verdict_badge(stored[claim.key].verdict)
+        rows.append([claim.note.partition("_")[0], claim.number, claim.english, by, verdict])
+    return (f'<h2 id="notes">The notes\' claims</h2><p>{_coverage_sentence(inventory)} docs/CLAIMS.md lists each '
+            "claim of the notes with what tests it or why nothing can; here are those a study tests:</p>"
+            + table(["note", "#", "claim in the notes", "tested by", "verdict"], rows, cls="text"))
 
 
 def write_report(outcomes: Sequence[StudyOutcome], out_dir: Path) -> Path:
