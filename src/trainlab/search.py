@@ -211,7 +211,9 @@ def make_pruner(name: str, epochs: int) -> Any:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     if name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=WILCOXON_P, n_startup_steps=2)
+        with warnings.catch_warnings():  # "experimental" in Optuna 4: a warning on every search
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=WILCOXON_P, n_startup_steps=2)
     return optuna.pruners.NopPruner()
 
 
