@@ -1,8 +1,9 @@
 """The verdict of every claim at two budgets, side by side, as a Markdown table (for the README).
 
-    .venv/bin/python scripts/verdicts.py reports/quick reports/full > verdicts.md
+    .venv/bin/python scripts/verdicts.py quick=reports full=reports/full > verdicts.md
 
-Each argument is a report folder (``trainlab study all --out DIR``); its ``outcomes/*.json`` are read. A cell is
+Each argument is a report folder (``trainlab study all --out DIR``), optionally ``LABEL=FOLDER`` for its column's
+title (else the folder's name); its ``outcomes/*.json`` are read. A cell is
 the verdict, the number of seeds n (the smallest over a claim's parts) and the effect sizes (Cohen's d, or d_z for
 paired tests, one per part); an inconclusive cell adds the smallest difference its test would have detected 80% of
 the time at that n. Exit status 1 when a claim is supported at one budget and refuted at the other.
@@ -48,10 +49,12 @@ def load(folder: Path) -> dict[tuple[int, str, str], dict]:
     return claims
 
 
-def main(folders: list[str]) -> int:
+def main(arguments: list[str]) -> int:
+    labels = [a.split("=", 1)[0] if "=" in a else Path(a).name for a in arguments]
+    folders = [a.split("=", 1)[1] if "=" in a else a for a in arguments]
     budgets = [load(Path(f)) for f in folders]
     keys = sorted(set().union(*budgets))
-    print("| study | claim | " + " | ".join(Path(f).name for f in folders) + " |")
+    print("| study | claim | " + " | ".join(labels) + " |")
     print("|---" * (2 + len(folders)) + "|")
     conflicts = []
     for key in keys:
@@ -63,8 +66,8 @@ def main(folders: list[str]) -> int:
     counts = [{v: sum(c["verdict"] == v for c in b.values()) for v in ("supported", "refuted", "inconclusive")}
               for b in budgets]
     print()
-    for folder, count in zip(folders, counts):
-        print(f"- {Path(folder).name}: " + ", ".join(f"{n} {v}" for v, n in count.items()))
+    for label, count in zip(labels, counts):
+        print(f"- {label}: " + ", ".join(f"{n} {v}" for v, n in count.items()))
     if conflicts:
         print(f"\nSupported at one budget and refuted at the other: {', '.join(f'{s}.{c}' for _, s, c in conflicts)}")
     return 1 if conflicts else 0
