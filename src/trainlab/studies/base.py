@@ -268,8 +268,10 @@ def series(runs: Sequence[RunResult], key: str) -> list[list[float]]:
 
 
 def finals(runs: Sequence[RunResult], key: str) -> list[float]:
-    """One final value per run: from the summary if present, else the last epoch's value."""
-    return [float(r.final[key]) if key in r.final else float(r.history[-1][key]) for r in runs]
+    """One final value per run: from the summary if present, else the last epoch's value; NaN for a run that has
+    neither (one that diverged inside its first epoch records no epoch)."""
+    return [float(r.final[key]) if key in r.final else float(r.history[-1][key]) if r.history else math.nan
+            for r in runs]
 
 
 def threshold_result(values: Sequence[float], op: Literal[">", "<"], threshold: float, what: str,
