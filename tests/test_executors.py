@@ -41,9 +41,14 @@ def test_studies_in_two_worker_processes_match_one_process(tmp_path):
 def test_a_failing_job_is_raised_in_the_parent_with_its_name(tmp_path):
     jobs = [Job("study 'nope'", _run_named, ("nope", "smoke", None, None, str(tmp_path))),
             Job("study 'nope either'", _run_named, ("nope either", "smoke", None, None, str(tmp_path)))]
+    done = []
     with pytest.raises(RuntimeError, match="study 'nope.*' failed in a worker process: ValueError: The study "
-                                           "'nope.*' is not registered in this worker process"):
-        run_in_pool(jobs, workers=2)
+                                           "'nope.*' is not registered in this worker process.*\\(1 more failed: "
+                                           "study 'nope.*'\\); the other jobs ran to the end"):
+        run_in_pool([*jobs, Job("study 'learning_rate'", _run_named, ("learning_rate", "smoke", None, None,
+                                                                      str(tmp_path)))],
+                    workers=2, on_result=lambda job, outcome: done.append(outcome.name))
+    assert done == ["learning_rate"] and (tmp_path / "outcomes" / "learning_rate.json").is_file()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])

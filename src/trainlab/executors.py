@@ -8,8 +8,9 @@ longest first: the pool then balances like longest-processing-time scheduling) a
 order. Progress a job reports goes through ``QueueProgress``, a stand-in for ``rich.progress.Progress`` that
 forwards its calls over a queue to the parent's display, so bars from every worker show in one place.
 
-A job that raises stops the pool from starting new jobs; the ones running finish (their results, written by the
-jobs themselves, are kept), and the first error is raised in the parent with the job's name.
+A job that raises does not stop the others (a long job's failure should not throw away hours of other results):
+every job runs, and then the first error is raised in the parent with the job's name and the names of any others
+that failed.
 """
 
 from __future__ import annotations
@@ -124,18 +125,20 @@ def run_in_pool(jobs: Sequence[Job], workers: int = 1, progress: Any = None,
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_limit_threads,
                                  initargs=(threads,)) as pool:
             futures = {pool.submit(_call, job, queue): job for job in jobs}
-            pending = set(futures)
+            pending, failed = set(futures), []
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future.exception() is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise RuntimeError(f"{futures[future].name} failed in a worker process: "
-                                           f"{type(future.exception()).__name__}: {future.exception()}") \
-                            from future.exception()
-                    if on_result is not None:
+                        failed.append(future)
+                    elif on_result is not None:
                         on_result(futures[future], future.result())
+            if failed:
+                first = failed[0].exception()
+                more = f" ({len(failed) - 1} more failed: {', '.join(futures[f].name for f in failed[1:])})"
+                raise RuntimeError(f"{futures[failed[0]].name} failed in a worker process: {type(first).__name__}: "
+                                   f"{first}{more if len(failed) > 1 else ''}; the other jobs ran to the end and "
+                                   f"kept their results.") from first
             return [future.result() for future in futures]
     finally:
         queue.put(None)
