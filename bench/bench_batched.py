@@ -116,8 +116,7 @@ def matmul_floor(widths: tuple[int, ...], ks: list[int], steps: int) -> None:
         return min(timed(once) for _ in range(steps))
 
     base = step(1)
-    print(f"
-matmul floor of the {'-'.join(map(str, widths))} MLP (bmm forward + backward only), batch 128:")
+    print(f"\nmatmul floor of the {'-'.join(map(str, widths))} MLP (bmm forward + backward only), batch 128:")
     for k in ks:
         t = step(k)
         print(f"  K={k:<3} {t * 1000:7.3f} ms  {t / base:6.2f}x one replica")
