@@ -7,7 +7,7 @@ component's ``name`` is looked up in its registry during validation, so a typo f
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,23 +44,35 @@ class RunConfig(Section):
     checkpoint_every_epochs: int = Field(1, ge=1)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # '<<: *base' may override keys: not a repeat
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' may override keys: not a repeat
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):
-                continue  # PyYAML itself reports an unhashable key
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {short_repr(key)} appears twice in one mapping; keep one",
-                    key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, except that a key given twice in one mapping is an error, not "the last one
+    wins": the document is composed (nodes only, nothing constructed) and its mappings checked first."""
+    _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+    return yaml.safe_load(text)
+
+
+def _check_unique_keys(root: yaml.Node | None) -> None:
+    stack, visited = [root], set()
+    while stack:  # iterative, and each node once: aliases may share a node many times
+        node = stack.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+                    if (key.tag, key.value) in keys:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key {short_repr(key.value)} appears twice in one mapping; keep one",
+                            key.start_mark)
+                    keys.add((key.tag, key.value))
+                stack.extend((key, value))
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:
@@ -80,7 +92,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"The config path {str(path)!r} is not a file. Give the path of a YAML config file.")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        raw = safe_yaml(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"The config file {str(path)!r} cannot be read: {e.strerror or e}.") from None
     except UnicodeDecodeError as e:
@@ -113,7 +125,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not path.strip():
             raise ConfigError(f"An override must look like 'a.b=value'. Got {short_repr(item)} instead.")
         try:
-            out[path.strip()] = yaml.load(value, Loader=_UniqueKeyLoader) if value.strip() else None
+            out[path.strip()] = safe_yaml(value) if value.strip() else None
         except yaml.YAMLError:
             out[path.strip()] = value
         except RecursionError:
