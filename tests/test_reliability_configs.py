@@ -439,3 +439,17 @@ def test_a_component_given_on_the_command_line_fails_in_one_line():
 def test_a_folder_given_as_the_config_exits_2(tmp_path):
     assert_one_clear_message(runner.invoke(app, ["train", str(tmp_path)]), "is not a file",
                              rule_words=("Give the path",))
+
+
+@pytest.mark.parametrize("text, key", [("epochs: 3\nepochs: 4\n", "epochs"),
+                                       ("optimizer: {name: adam, lr: 0.1, lr: 0.2}\n", "lr"),
+                                       ("regularizers:\n  - {name: l2, strength: 1, strength: 2}\n", "strength")])
+def test_a_key_given_twice_is_an_error_but_a_merge_may_override(tmp_path, text, key):
+    from trainlab.config import read_yaml
+    from trainlab.registry import ConfigError
+
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=f"the key '{key}' appears twice in one mapping; keep one"):
+        read_yaml(tmp_path / "c.yaml")
+    (tmp_path / "m.yaml").write_text("base: &b {lr: 0.1, name: adam}\noptimizer:\n  <<: *b\n  lr: 0.2\n")
+    assert read_yaml(tmp_path / "m.yaml")["optimizer"] == {"lr": 0.2, "name": "adam"}
