@@ -221,7 +221,7 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any] | str:
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
-            return f"it is not a file torch can read ({_first_line(e)})"
+            return f"it is not a file torch can read ({error_line(e)})"
         found = re.search(r"GLOBAL (\S+)", str(e))
         raise ConfigError(
             f"Could not load checkpoint {str(path)!r}: it holds objects that are not plain data (tensors, numbers, "
@@ -229,12 +229,13 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any] | str:
             f"run code, so loading stopped before any was built: nothing in the file was run. Load only "
             f"checkpoints that trainlab wrote, from a source you trust.") from None
     except Exception as e:  # a corrupt or foreign file: say which and why, not a deep traceback
-        return f"it is not a file torch can read ({_first_line(e)})"
+        return f"it is not a file torch can read ({error_line(e)})"
     if not isinstance(state, dict):
         return f"it holds a {type(state).__name__}, not a checkpoint's dict"
     return state
 
 
-def _first_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (just the type when there is no message): errors in one line."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -27,7 +27,7 @@ import yaml
 from torch import nn
 
 from trainlab.callbacks import Callback, Checkpoint, History, Progress, write_history_csv
-from trainlab.checkpoints import (ResumeWarning, atomic_write_text, load_checkpoint, load_latest_checkpoint,
+from trainlab.checkpoints import (ResumeWarning, atomic_write_text, error_line, load_checkpoint, load_latest_checkpoint,
                                   remove_temporaries, save_checkpoint)
 from trainlab.config import RunConfig, load_config, require_config
 from trainlab.registry import ConfigError
@@ -483,7 +483,7 @@ def _run_problems(run_dir: Path) -> list[str]:
         except FileNotFoundError:
             problems.append(f"{file} is missing")
         except (OSError, ValueError, yaml.YAMLError) as e:
-            problems.append(f"{file} does not parse ({type(e).__name__}: {str(e).splitlines()[0]})")
+            problems.append(f"{file} does not parse ({error_line(e)})")
     summary, config = parsed.get("summary.json"), parsed.get("config.yaml")
     if "summary.json" in parsed and not (isinstance(summary, dict) and all(k in summary for k in SUMMARY_KEYS)):
         problems.append(f"summary.json does not hold a run's summary (keys {', '.join(SUMMARY_KEYS)})")

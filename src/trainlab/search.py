@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from trainlab.callbacks import Callback, StopTraining
+from trainlab.checkpoints import error_line
 from trainlab.config import RunConfig, apply_overrides, load_config, read_yaml
 from trainlab.registry import ConfigError, suggest
 
@@ -244,8 +245,7 @@ def open_storage(url: str | None, out: Path, workers: int, grace_s: int = GRACE_
             shown = make_url(url).render_as_string(hide_password=True)
         except Exception:
             shown = url.split("@")[-1]
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"The search storage {shown!r} cannot be opened ({type(e).__name__}: {first}). Check that "
+        raise ConfigError(f"The search storage {shown!r} cannot be opened ({error_line(e)}). Check that "
                           f"the server runs and is reachable, the database exists, the credentials are right and its "
                           f"driver (psycopg for PostgreSQL: pip install 'psycopg[binary]') is installed; or leave "
                           f"--storage out to use a journal file in --out.") from None
