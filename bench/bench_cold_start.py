@@ -25,12 +25,12 @@ import yaml
 SCRIPT = '''
 import sys, numpy as np, torch
 from torch import nn
-from mnist1d.data import get_dataset_args, make_dataset
 torch.set_num_threads(1)
 epochs = int(sys.argv[1])
-if len(sys.argv) > 2:  # the arrays from an .npz file saved beforehand (no generation)
+if len(sys.argv) > 2:  # the arrays from an .npz file saved beforehand (no generation, no mnist1d import)
     d = np.load(sys.argv[2])
 else:
+    from mnist1d.data import get_dataset_args, make_dataset
     d = make_dataset(get_dataset_args())
 x, y, xt, yt = (np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test"))
 mean, std = x.mean(0), x.std(0) + 1e-8

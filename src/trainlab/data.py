@@ -21,7 +21,6 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from trainlab.augment import AUGMENTATIONS, Augmentation, check_low_below_high
@@ -522,6 +521,8 @@ def _split(x: np.ndarray, y: np.ndarray, held_out: float | int, stratify: bool, 
     """(x_keep, x_out, y_keep, y_out); ``held_out`` is a fraction or a count of samples for the second part."""
     if held_out == 0:
         return x, x[:0], y, y[:0]
+    from sklearn.model_selection import train_test_split  # here, not at the top: its import takes about 1 s
+
     try:
         return train_test_split(x, y, test_size=held_out, stratify=y if stratify else None, random_state=seed)
     except ValueError as e:
