@@ -18,7 +18,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
-from scipy import stats as sps  # noqa: E402
 
 from trainlab.checkpoints import atomic_write  # noqa: E402
 
@@ -33,6 +32,8 @@ def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray,
     Points seen by fewer than two seeds get a zero-width band (there is no spread to estimate); points no seed has
     (every run diverged to NaN there) are NaN, a gap in the plot, not 0.
     """
+    from scipy import stats as sps  # here: scipy.stats takes ~0.5 s to import, and most pages need no band
+
     values = np.asarray(values, dtype=float)
     if values.ndim != 2:
         raise ValueError(f"values must be a 2-D array (seeds x points). Got shape {values.shape} instead.")
