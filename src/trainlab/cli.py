@@ -78,21 +78,39 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
           probes: bool = typer.Option(False, "--probes", help="Record per-layer activation and gradient statistics "
                                                                "into the run directory (diagnostics.npz/.json)."),
           tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Record the probes (as --probes) "
-                                                     "and export them for TensorBoard into this folder.")) -> None:
-    """Train one config; write the run directory (config, metrics, summary, checkpoint)."""
+                                                     "and export them for TensorBoard into this folder."),
+          nproc: int = typer.Option(1, "--nproc", min=1, help="Train data-parallel in N processes on this machine "
+                                                               "(torchrun; gloo on CPU, NCCL on GPU): the result of "
+                                                               "one process with the same batch_size.")) -> None:
+    """Train one config; write the run directory (config, metrics, summary, checkpoint).
+
+    Under torchrun (``torchrun ... -m trainlab.cli train CONFIG``, any number of machines) each process trains its
+    rank of one data-parallel run; ``--nproc N`` starts such a job on this machine.
+    """
     from trainlab.config import load_config
     from trainlab.runs import config_hash, train as train_run
 
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{config.stem}-{config_hash(cfg)[:8]}"
+    if nproc > 1:
+        raise typer.Exit(_launch_train(cfg, config, set_, out, resume, as_json, quiet, probes, tensorboard, nproc))
+    parallel = _join_torchrun(cfg)
+    main = parallel is None or parallel.is_main
     callbacks = []
-    if probes or tensorboard is not None:
+    if main and (probes or tensorboard is not None):
         from trainlab.diagnostics import Diagnostics, summary_writer_class
 
         if tensorboard is not None:
             summary_writer_class()  # fail before training if tensorboard is not installed
         callbacks.append(Diagnostics(out_dir=out, tensorboard_dir=tensorboard))
-    result = train_run(cfg, out, callbacks=callbacks, progress=not quiet, resume=resume, description=config.stem)
+    try:
+        result = train_run(cfg, out, callbacks=callbacks, progress=main and not quiet, resume=resume,
+                           description=config.stem, parallel=parallel)
+    finally:
+        if parallel is not None:
+            parallel.close()
+    if not main:
+        raise typer.Exit(1 if result.extras.get("diverged") else 0)  # rank 0 prints; every rank's status agrees
     if as_json:
         typer.echo(json.dumps({"run_dir": str(out), **result.final}, indent=2, default=float))
     elif not quiet:
@@ -104,6 +122,39 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
                    + (f"Its last good checkpoint is kept in {out}." if kept else "It diverged before its first "
                       "checkpoint.") + " Lower optimizer.lr, or see 'trainlab doctor'.", err=True)
         raise typer.Exit(1)
+
+
+def _join_torchrun(cfg: Any) -> Any:
+    """This process's rank of a data-parallel run when it runs under torchrun (``distributed.start``); else None."""
+    import os
+
+    from trainlab.distributed import ranks_from, start
+
+    ranks = ranks_from(os.environ)
+    return start(ranks, cfg) if ranks is not None else None
+
+
+def _launch_train(cfg: Any, config: Path, set_: list[str], out: Path, resume: bool, as_json: bool, quiet: bool,
+                  probes: bool, tensorboard: Optional[Path], nproc: int) -> int:
+    """Run this ``train`` command again as ``nproc`` torchrun processes (``distributed.launch``); their exit status.
+
+    What cannot shard, and a run directory that already holds a run, are refused here, before any process starts."""
+    import os
+
+    from trainlab.distributed import check_config, launch, ranks_from
+    from trainlab.runs import refuse_existing_run
+
+    if (ranks := ranks_from(os.environ)) is not None:
+        fail(f"--nproc starts its own torchrun job, and this process already runs under torchrun (rank "
+             f"{ranks.rank} of {ranks.world_size}). Leave --nproc out.")
+    check_config(cfg, nproc)
+    if not resume:
+        refuse_existing_run(out)
+    args = ["train", str(config), "--out", str(out), *(a for value in set_ for a in ("--set", value))]
+    flags = {"--resume": resume, "--json": as_json, "--quiet": quiet, "--probes": probes}
+    args += [flag for flag, on in flags.items() if on]
+    args += ["--tensorboard", str(tensorboard)] if tensorboard is not None else []
+    return launch(nproc, args)
 
 
 @app.command()

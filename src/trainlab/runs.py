@@ -35,6 +35,7 @@ from trainlab.registry import ConfigError
 if TYPE_CHECKING:
     from trainlab.batched import ReplicaResult
     from trainlab.data import ArraysLike, Data
+    from trainlab.distributed import DataParallel
 
 
 @dataclass
@@ -72,10 +73,11 @@ def _resolved_hash(resolved: dict[str, Any]) -> str:
 
 
 # What a run records of the process it ran in that can change its numbers: a resume under other values warns.
-ENVIRONMENT = ("torch", "threads", "deterministic_algorithms")
+ENVIRONMENT = ("torch", "threads", "deterministic_algorithms", "processes")
 
 
-def run_metadata(config: RunConfig, data: Data) -> dict[str, Any]:
+def run_metadata(config: RunConfig, data: Data, processes: int = 1) -> dict[str, Any]:
+    """What ``meta.json`` records; ``processes``: how many data-parallel processes train the run."""
     import numpy
 
     import trainlab
@@ -84,7 +86,7 @@ def run_metadata(config: RunConfig, data: Data) -> dict[str, Any]:
             "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(), "device": config.device,
-            "input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+            "processes": processes, "input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
 
 
 def _json(obj: Any) -> str:
@@ -94,7 +96,7 @@ def _json(obj: Any) -> str:
 def train(config: RunConfig, out_dir: str | Path | None = None, *,
           callbacks: Sequence[Callback] = (), progress: bool = False, resume: bool = False,
           keep_model: bool = False, model: nn.Module | None = None, data: Data | ArraysLike | None = None,
-          description: str = "train") -> RunResult:
+          description: str = "train", parallel: DataParallel | None = None) -> RunResult:
     """Train one run of a validated config (``load_config``); with ``out_dir``, write its run directory as it goes
     (checkpoint every epoch).
 
@@ -104,6 +106,9 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *,
     ``data`` (arrays ``(x, y)`` or ``(x, y, x_test, y_test)``, split and preprocessed by ``config.data``, or a
     ``Data``) replaces loading ``config.data.dataset``; ``meta.json`` then says ``"data": "arrays"``, since the
     config's dataset does not describe what was trained on.
+
+    ``parallel`` (``distributed.start``, under torchrun) trains this process's rank of a data-parallel run: rank 0
+    alone writes the run directory and shows progress, and a resume sends rank 0's checkpoint to every rank.
     """
     from trainlab.trainer import build_trainer
 
@@ -112,27 +117,32 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *,
         raise ValueError("The 'resume' argument needs 'out_dir', the run directory holding the checkpoint. "
                          "Got out_dir=None instead.")
     resolved = config.model_dump(mode="json")
+    main = parallel is None or parallel.is_main
     run_callbacks = list(callbacks)
-    if progress:
+    if progress and main:
         run_callbacks.append(Progress(description))
     out = Path(out_dir) if out_dir is not None else None
+    writes = out is not None and main
     checkpoint_state, recorded = None, {}
-    if out is not None:
+    if writes:
         checkpoint_state, recorded = _open_run_dir(out, config, resume)
         run_callbacks += [History(out / "history.csv"),
                           Checkpoint(out / "checkpoint.pt", config.checkpoint_every_epochs,
                                      extra={"config": resolved, "config_hash": config_hash(config)})]
-    trainer = build_trainer(config, run_callbacks, model=model, data=data)
-    meta = {**run_metadata(config, trainer.data), **({"data": "arrays"} if data is not None else {})}
-    if out is not None:
+    trainer = build_trainer(config, run_callbacks, model=model, data=data, parallel=parallel)
+    meta = {**run_metadata(config, trainer.data, 1 if parallel is None else parallel.world_size),
+            **({"data": "arrays"} if data is not None else {})}
+    if writes:
         meta = _environment_changes(out, recorded, meta)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         atomic_write_text(out / "meta.json", _json(meta))
+    if parallel is not None and resume:
+        checkpoint_state = parallel.broadcast_state(checkpoint_state)
     if checkpoint_state is not None:
         trainer.load_state_dict(checkpoint_state["trainer"])
     final = trainer.fit()
     result = RunResult(resolved, trainer.history, final, trainer.extras, out, trainer.model if keep_model else None)
-    if out is not None:
+    if writes:
         atomic_write_text(out / "summary.json", _json({"final": final, "extras": trainer.extras,
                                                        "history": trainer.history, **run_status(final, trainer.extras),
                                                        **meta}))
@@ -148,8 +158,7 @@ def run_status(final: dict[str, Any], extras: dict[str, Any]) -> dict[str, str]:
 def _open_run_dir(out: Path, config: RunConfig, resume: bool) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The checkpoint state to resume from (None: start) and the run's recorded ``meta.json`` (``{}``: none)."""
     if not resume:
-        if (out / "checkpoint.pt").exists() or (out / "summary.json").exists():
-            raise ConfigError(f"{str(out)!r} already holds a run. Use --resume to continue it, or another --out.")
+        refuse_existing_run(out)
         return None, {}
     meta_path = out / "meta.json"
     try:
@@ -158,6 +167,12 @@ def _open_run_dir(out: Path, config: RunConfig, resume: bool) -> tuple[dict[str,
         raise ConfigError(f"The run record {str(meta_path)!r} is not valid JSON ({e}); it is written by trainlab "
                           f"and should not be edited. Restore it, or train the run again in a new directory.") from None
     return _resumable(out, config), recorded
+
+
+def refuse_existing_run(out: Path) -> None:
+    """Refuse to start a new run in ``out`` when it holds one already (a checkpoint or a summary)."""
+    if (out / "checkpoint.pt").exists() or (out / "summary.json").exists():
+        raise ConfigError(f"{str(out)!r} already holds a run. Use --resume to continue it, or another --out.")
 
 
 def _resumable(out: Path, config: RunConfig) -> dict[str, Any] | None:

@@ -20,14 +20,19 @@ from trainlab.registry import ConfigError, suggest
 
 if TYPE_CHECKING:
     from trainlab.config import RunConfig
+    from trainlab.distributed import DataParallel
     from trainlab.schedules import LRController
+
+# Events at which data-parallel ranks agree whether to stop (once an epoch, not per step: see distributed.py).
+AGREED_EVENTS = frozenset({"on_fit_start", "on_epoch_start", "on_epoch_end"})
 
 
 class Trainer:
     """Trains ``model`` on ``data`` for ``epochs`` epochs; callbacks add everything else.
 
     ``scheduler`` (from ``Schedule.build``) sets the optimizer's lr after every step; batch sizes default to
-    ``DataConfig``'s.
+    ``DataConfig``'s. ``parallel`` (``distributed.start``) makes this one rank of a data-parallel run: it trains
+    ``model`` wrapped in DistributedDataParallel on its slice of every batch.
     """
 
     def __init__(self, model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, *, epochs: int,
@@ -35,8 +40,12 @@ class Trainer:
                  penalties: Sequence[Any] = (), callbacks: Sequence[Callback] = (),
                  batch_size: int = DataConfig.model_fields["batch_size"].default,
                  eval_batch_size: int = DataConfig.model_fields["eval_batch_size"].default,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, parallel: DataParallel | None = None):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
+        self.parallel = parallel
+        # The training forward pass goes through DDP (which averages gradients); the state and evaluation use model.
+        self.train_model = parallel.wrap(model) if parallel is not None else model
+        self.rank_rng: list[list[Tensor]] | None = None  # every rank's generator states at the last epoch end
         self.loss_fn = loss_fn or default_loss(data.task)
         self.penalties = list(penalties)
         self.callbacks = list(callbacks)
@@ -85,6 +94,8 @@ class Trainer:
         self.history.append(metrics)
         if self.scheduler is not None:
             self.scheduler.epoch_end(metrics)
+        if self.parallel is not None:
+            self.rank_rng = self.parallel.rng_states()
         self._fire("on_epoch_end")
 
     def _minibatch_steps(self) -> tuple[Tensor, Tensor, int]:
@@ -93,20 +104,27 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for x, y in self.data.train_batches(self.batch_size, self.generator):
+            counted = True
+            if self.parallel is not None:
+                x, y, counted = self.parallel.shard(x, y)
             self.batch = (x, y)
             self._fire("on_step_start")
-            out = self.model(x)
+            out = self.train_model(x)
             loss = self.loss_fn(out, y)
             total = loss + sum(p.value() for p in self.penalties) if self.penalties else loss
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            self.loss = total.detach()
+            # Data-parallel ranks all see the global batch's loss, so they take the same decisions from it.
+            self.loss = total.detach() if self.parallel is None else self.parallel.mean(total)
             self._fire("after_backward")
             self.optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += self._correct(out, y)
-            seen += len(y)
+            if counted:
+                loss_sum += loss.detach() * len(y)
+                correct += self._correct(out, y)
+                seen += len(y)
             self._end_step()
+        if self.parallel is not None:
+            return self.parallel.sum(loss_sum, correct, seen)
         return loss_sum, correct, seen
 
     def _full_batch_step(self) -> tuple[Tensor, Tensor, int]:
@@ -187,6 +205,8 @@ class Trainer:
 
     def _fire(self, event: str) -> None:
         stop = fire(self.callbacks, self, event)
+        if self.parallel is not None and event in AGREED_EVENTS:
+            stop = self.parallel.agree(stop, self.extras)
         if stop is not None:
             raise stop
 
@@ -202,6 +222,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch": self.epoch, "step": self.step, "elapsed_s": self.elapsed_s,
             "history": self.history, "extras": self.extras, "stopped_reason": self.stopped_reason,
+            **({"rank_rng": self.rank_rng} if self.parallel is not None else {}),
         }
 
     def _stateful_callbacks(self) -> dict[str, Callback]:
@@ -228,6 +249,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.parallel is not None:
+            self.parallel.restore_rng(state)
+            self.rank_rng = state.get("rank_rng")
         self.epoch, self.step, self.elapsed_s = state["epoch"], state["step"], state["elapsed_s"]
         self.history = list(state["history"])
         self.metrics = dict(self.history[-1]) if self.history else {}
@@ -344,23 +368,26 @@ def seeds_for(seed: int) -> dict[str, int]:
 
 
 def build_trainer(config: RunConfig, callbacks: Sequence[Callback] = (), *, model: nn.Module | None = None,
-                  data: Data | ArraysLike | None = None) -> Trainer:
+                  data: Data | ArraysLike | None = None, parallel: DataParallel | None = None) -> Trainer:
     """Data, model, optimizer, schedule, penalties and callbacks from a validated config (``load_config``).
 
     ``model`` replaces the config's model with any ``nn.Module``; ``data`` replaces loading the config's data: a
     ``Data``, or arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` split and preprocessed by ``config.data``.
+    ``parallel`` (``distributed.start``) builds one rank of a data-parallel run, on that rank's device.
     """
     from trainlab.callbacks import EarlyStopping, GradClip, GradientNoise, NonFiniteGuard, WeightNoise
     from trainlab.config import require_config
     from trainlab.data import as_data
 
     require_config(config, "build_trainer")
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if parallel is None else parallel.device
     if config.threads:
         torch.set_num_threads(config.threads)
     seeds = seeds_for(config.seed)
-    torch.manual_seed(seeds["torch"])
+    torch.manual_seed(seeds["torch"] if parallel is None else parallel.seed(seeds["torch"]))
     data = as_data(data, config.data, "build_trainer").to(device)
+    if parallel is not None:
+        parallel.check(data)
     # A monitor or a loss option that cannot apply fails now, not after the first epoch (or silently).
     if config.early_stopping is not None:
         _check_monitor(config.early_stopping.monitor, "early_stopping.monitor", data)
@@ -372,6 +399,8 @@ def build_trainer(config: RunConfig, callbacks: Sequence[Callback] = (), *, mode
     if model is None:
         model = config.model.build(data.input_shape, data.num_outputs, torch.Generator().manual_seed(seeds["init"]))
     model = model.to(device)
+    if parallel is not None:
+        model = parallel.prepare(model)  # before the optimizer and penalties take its parameters and modules
     optimizer = config.optimizer.build(model)
     full_batch = getattr(optimizer, "full_batch", False)
     if full_batch:
@@ -396,4 +425,4 @@ def build_trainer(config: RunConfig, callbacks: Sequence[Callback] = (), *, mode
     return Trainer(model, data, optimizer, scheduler=scheduler, loss_fn=loss_fn,
                    penalties=penalties, callbacks=[*standard, *callbacks], epochs=config.epochs,
                    batch_size=config.data.batch_size, eval_batch_size=config.data.eval_batch_size,
-                   generator=torch.Generator().manual_seed(seeds["data"]))
+                   generator=torch.Generator().manual_seed(seeds["data"]), parallel=parallel)
