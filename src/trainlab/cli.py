@@ -314,6 +314,9 @@ def study(name: str = typer.Argument(..., help="A study name, or 'all'. 'trainla
           out: Path = typer.Option(Path("reports"), "--out", help="Report folder (runs are cached in OUT/runs/<study>)."),
           workers: int = typer.Option(1, "--workers", min=1, help="Studies run at once, each in its own process "
                                                                   "(cores / workers threads each)."),
+          cluster: Optional[str] = typer.Option(None, "--cluster", help="Train the arms on a Ray cluster: its head's "
+                                                "HOST:PORT, or 'auto' for the one running on this machine (OUT must "
+                                                "be a folder every node sees)."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
     """Run a study (or all): train its arms over seeds, test each claim, write the HTML report."""
     from rich.table import Table
@@ -335,7 +338,7 @@ def study(name: str = typer.Argument(..., help="A study name, or 'all'. 'trainla
                   + f" ({outcome.runtime_s:.0f} s, {outcome.runs_trained} runs trained)", highlight=False)
 
     run_studies(name, mode=mode, seeds=seeds, data=parse_data(data), out=out, progress=not quiet, workers=workers,
-                on_outcome=announce)
+                cluster=cluster, on_outcome=announce)
     con.print(f"report: {out / 'index.html'}", highlight=False)
 
 

@@ -17,6 +17,10 @@ Every method trains through ``build_trainer`` (the one training loop) and return
 - ``swa``: one run whose weights are averaged over its last K epochs (``torch.optim.swa_utils.AveragedModel``),
   batch-norm statistics recomputed with ``update_bn``. Izmailov et al., "Averaging weights leads to wider optima
   and better generalization", UAI 2018.
+
+``cluster=`` (a Ray cluster's address, ``executors.run_jobs``) trains there and returns the members to this process:
+bagging's members as one task each, all at once; every other method as one task (averaging's and voting's seeds
+stay one batch, boosting's members depend on each other, snapshot and SWA are one run).
 """
 
 from __future__ import annotations
@@ -217,13 +221,18 @@ def voting(config: RunConfig, data: Data, k: int) -> Ensemble:
     return Ensemble(seed_members(config, data, k), _uniform(k), "voting", "hard")
 
 
-def bagging(config: RunConfig, data: Data, k: int) -> Ensemble:
-    """K members, member m trained with seed ``seed + m`` on a bootstrap resample drawn from ``bootstrap_generator``."""
-    members = []
-    for m in range(k):
-        index = bootstrap_indices(len(data.y_train), bootstrap_generator(config.seed, m))
-        members.append(_fit(load_config(config, {"seed": config.seed + m}), resample_train(data, index)))
-    return Ensemble(members, _uniform(k), "bagging", "soft")
+def bagging(config: RunConfig, data: Data, k: int, cluster: str | None = None) -> Ensemble:
+    """K members, member m trained with seed ``seed + m`` on a bootstrap resample drawn from ``bootstrap_generator``;
+    each member one job (``executors.run_jobs``: here, or all at once on ``cluster``)."""
+    from trainlab.executors import Job, run_jobs
+
+    jobs = [Job(f"bagging member {m}", _bagged_member, (config, data, m)) for m in range(k)]
+    return Ensemble(run_jobs(jobs, cluster=cluster), _uniform(k), "bagging", "soft")
+
+
+def _bagged_member(config: RunConfig, data: Data, m: int, progress: Any = None) -> nn.Module:
+    index = bootstrap_indices(len(data.y_train), bootstrap_generator(config.seed, m))
+    return _fit(load_config(config, {"seed": config.seed + m}), resample_train(data, index))
 
 
 def bootstrap_generator(seed: int, member: int) -> torch.Generator:
@@ -285,10 +294,12 @@ METHODS: dict[str, Callable[[RunConfig, Data, int], Ensemble]] = {
 
 
 def build_ensemble(config: RunConfig, method: str, members: int, *,
-                   data: Data | ArraysLike | None = None) -> Ensemble:
+                   data: Data | ArraysLike | None = None, cluster: str | None = None) -> Ensemble:
     """Train an ensemble of ``members`` (K >= 2) by ``method`` from a validated config; ``data`` replaces loading
-    ``config.data`` (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``). Classification only."""
+    ``config.data`` (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``). Classification only.
+    ``cluster``: train on that Ray cluster (see the module's docstring) and bring the members back here."""
     from trainlab.data import as_data
+    from trainlab.executors import Job, run_jobs
 
     require_config(config, "build_ensemble")
     if method not in METHODS:
@@ -301,19 +312,27 @@ def build_ensemble(config: RunConfig, method: str, members: int, *,
     if data.task != "classification":
         raise ValueError(f"Ensembles here combine class probabilities, so they need a classification task; "
                          f"the dataset {config.data.dataset.name!r} is a {data.task} task.")
-    return METHODS[method](config, data, members)
+    if method == "bagging":
+        return bagging(config, data, members, cluster)
+    return run_jobs([Job(f"{method} ensemble", _method_job, (method, config, data, members))],
+                    cluster=cluster)[0]
+
+
+def _method_job(method: str, config: RunConfig, data: Data, k: int, progress: Any = None) -> Ensemble:
+    return METHODS[method](config, data, k)
 
 
 def run_ensemble(config: RunConfig, method: str, members: int, out: str | Path | None = None, *,
-                 data: Data | ArraysLike | None = None) -> dict[str, Any]:
+                 data: Data | ArraysLike | None = None, cluster: str | None = None) -> dict[str, Any]:
     """Train, evaluate on the test split and (with ``out``) write ``OUT/ensemble.json``; the summary. ``data``
-    (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``) replaces the config's dataset."""
+    (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``) replaces the config's dataset; ``cluster``
+    trains on that Ray cluster (``build_ensemble``)."""
     from trainlab.data import as_data
     from trainlab.runs import config_hash
 
     require_config(config, "run_ensemble")
     data = as_data(data, config.data, "run_ensemble")
-    result = build_ensemble(config, method, members, data=data)
+    result = build_ensemble(config, method, members, data=data, cluster=cluster)
     summary = {**result.evaluate(data, "test"), "requested_members": members, "config_hash": config_hash(config),
                "config": config.model_dump(mode="json")}
     if out is not None:

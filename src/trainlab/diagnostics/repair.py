@@ -3,12 +3,15 @@ over the same seeds as the unchanged config at the doctor's budget, and keep the
 loss (or accuracy) is significant by a paired t-test (``trainlab.stats.verdict_compare``).
 
 The seeds of one config train as one batch (``runs.Store.run_many``), and every run is cached by its config, so a
-fix two findings share trains once. ``repair`` returns a ``RepairReport``: problem -> fix -> effect with its 95%
+fix two findings share trains once. On a Ray cluster (``cluster=``, ``executors.run_jobs``) every candidate fix
+trains at once first, each config's seeds one task (more runs than the search in order may need, which stops at
+a finding's first significant fix, in one round trip); the decisions are the same. ``repair`` returns a ``RepairReport``: problem -> fix -> effect with its 95%
 CI, the repaired config (``repaired.yaml``) and the doctor page with before/after curves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Callable
@@ -194,6 +197,17 @@ def _seeds(config: RunConfig, n: int) -> list[RunConfig]:
     return [load_config(config, {"seed": config.seed + i}) for i in range(n)]
 
 
+def _train_on_cluster(root: Path, configs: list[RunConfig], seeds: int, cluster: str) -> None:
+    """Train the ``seeds`` seeds of each config into the store at ``root`` on ``cluster``, one task per config (its
+    seeds one batch), all at once; configs that are the same train once."""
+    from trainlab.executors import Job, check_shared, run_jobs, train_in_store
+    from trainlab.runs import config_hash
+
+    unique, shared = {config_hash(c): c for c in configs}, str(root.resolve())
+    check_shared(run_jobs([Job(f"repair · {key}", train_in_store, (shared, _seeds(config, seeds)))
+                           for key, config in unique.items()], cluster=cluster), shared, cluster)
+
+
 def _metric(base: list[RunResult], fixed: list[RunResult]) -> tuple[str, list[float], list[float], bool]:
     """(name, base values, fixed values, lower is better): the validation loss where every run has a finite one,
     else the validation accuracy (a diverged run still has one); the test split's when there is no validation."""
@@ -230,12 +244,13 @@ def _val_curves(results: list[RunResult]) -> list[list[float]]:
 
 def repair(config: RunConfig, steps: int | None = None, *, full: bool = False, seeds: int = DEFAULT_SEEDS,
            alpha: float = ALPHA, out_dir: str | Path | None = None,
-           store_dir: str | Path | None = None) -> RepairReport:
+           store_dir: str | Path | None = None, cluster: str | None = None) -> RepairReport:
     """Diagnose ``config`` (``doctor``, same budget), then try each finding's fixes (``FIXES``) over ``seeds``
     seeds against the unchanged config; keep the first fix per finding whose gain is significant (paired t-test at
     ``alpha``). The repaired config is the config with every kept fix's overrides (the earlier finding's win where
     two set the same path). With ``out_dir``: ``repaired.yaml`` and ``doctor.html``; runs are cached under
-    ``store_dir`` (default ``out_dir/runs``, or a temporary folder).
+    ``store_dir`` (default ``out_dir/runs``, or a temporary folder). ``cluster``, a Ray cluster's address, trains the
+    candidate fixes there, all at once; ``store_dir`` must then be a folder every node sees.
     """
     from trainlab.config import RunConfig, load_config
 
@@ -249,19 +264,28 @@ def repair(config: RunConfig, steps: int | None = None, *, full: bool = False, s
     diagnosis = doctor(budget, full=True)
     if store_dir is None and out_dir is not None:
         store_dir = Path(out_dir) / "runs"
-    with tempfile.TemporaryDirectory(prefix="trainlab-repair-") as tmp:
-        report = _repair(budget, diagnosis, seeds, alpha, Path(store_dir) if store_dir is not None else Path(tmp))
+    from trainlab.executors import connect
+
+    with tempfile.TemporaryDirectory(prefix="trainlab-repair-") as tmp, (
+            connect(cluster) if cluster is not None else contextlib.nullcontext()):
+        report = _repair(budget, diagnosis, seeds, alpha, Path(store_dir) if store_dir is not None else Path(tmp),
+                         cluster)
     report.repaired = load_config(config, report.overrides)
     if out_dir is not None:
         report.write(out_dir)
     return report
 
 
-def _repair(budget: RunConfig, diagnosis: DiagnosisReport, seeds: int, alpha: float, root: Path) -> RepairReport:
+def _repair(budget: RunConfig, diagnosis: DiagnosisReport, seeds: int, alpha: float, root: Path,
+            cluster: str | None = None) -> RepairReport:
     from trainlab.config import load_config
     from trainlab.runs import Store
 
     store = Store(root)
+    if cluster is not None:
+        _train_on_cluster(root, [budget, *(load_config(budget, overrides) for finding in diagnosis.findings
+                                           if finding.severity != "info"
+                                           for overrides in fixes_for(finding.code, budget))], seeds, cluster)
     base = store.run_many(_seeds(budget, seeds))[0]
     attempts, unfixable, merged = [], [], {}
     for finding in diagnosis.findings:
@@ -278,5 +302,7 @@ def _repair(budget: RunConfig, diagnosis: DiagnosisReport, seeds: int, alpha: fl
                 break
     curves = {"before": _val_curves(base)}
     if merged:
+        if cluster is not None:
+            _train_on_cluster(root, [load_config(budget, merged)], seeds, cluster)
         curves["after"] = _val_curves(store.run_many(_seeds(load_config(budget, merged), seeds))[0])
     return RepairReport(diagnosis, attempts, merged, budget, unfixable, curves)

@@ -14,7 +14,7 @@ import math
 import pkgutil
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -73,9 +73,10 @@ def select(names: str | Sequence[str]) -> list[Study[Any]]:
 
 def make_context(study: Study[B], *, mode: Mode = "quick", seeds: int | Sequence[int] | None = None,
                  data: str | Mapping[str, Any] | None = None, out: str | Path = "studies",
-                 progress: Any = None, budget: B | None = None) -> StudyContext[B]:
+                 progress: Any = None, budget: B | None = None, cluster: str | None = None) -> StudyContext[B]:
     """The context ``study`` runs in: the budget of ``mode`` (or ``budget``, one of the study's budget type, e.g. a
-    ``dataclasses.replace`` of it); ``seeds`` a count (0..n-1), a list, or the budget's."""
+    ``dataclasses.replace`` of it); ``seeds`` a count (0..n-1), a list, or the budget's; ``cluster`` the Ray
+    cluster its arms train on (``None``: this process)."""
     if budget is None:
         budget = study.budget(mode)
     elif not isinstance(budget, type(study.budget(mode))):
@@ -93,7 +94,8 @@ def make_context(study: Study[B], *, mode: Mode = "quick", seeds: int | Sequence
             raise ValueError("The 'seeds' parameter must hold at least one seed. Got an empty list instead.")
     out = Path(out)
     # One store per study: a run's extras come from its study's callbacks, which the config hash does not cover.
-    return StudyContext(study.name, mode, budget, seed_list, out, Store(out / "runs" / study.name), data, progress)
+    return StudyContext(study.name, mode, budget, seed_list, out, Store(out / "runs" / study.name), data, progress,
+                        cluster)
 
 
 def run_study(study: Study[B], ctx: StudyContext[B]) -> StudyOutcome:
@@ -107,27 +109,31 @@ def run_study(study: Study[B], ctx: StudyContext[B]) -> StudyOutcome:
 
 def run_studies(names: str | Sequence[str] = "all", *, mode: Mode = "quick",
                 seeds: int | Sequence[int] | None = None, data: str | Mapping[str, Any] | None = None,
-                out: str | Path = "studies", progress: bool = True, workers: int = 1,
+                out: str | Path = "studies", progress: bool = True, workers: int = 1, cluster: str | None = None,
                 on_outcome: Callable[[StudyOutcome], None] | None = None) -> list[StudyOutcome]:
     """Run studies (``"all"`` or names) and write the report in ``out`` (``out/index.html``).
 
     ``mode`` picks each study's budget (``"quick"``: >= 10 seeds; ``"full"``: >= 20; ``"smoke"``: the tests' tiny
     one); ``seeds`` replaces its seed count; ``data`` replaces the dataset of trained runs. ``workers`` > 1 runs
     that many studies at once in worker processes (``executors.run_in_pool``; the slowest known first), each with
-    its own run store. Runs are cached in ``out/runs/<study>`` by config hash, so a second call trains nothing new.
+    its own run store. ``cluster``, a Ray cluster's address (``"auto"``: the one running on this machine; see
+    ``executors``), runs the studies one after the other here and sends their arms there, each arm one task (its
+    seeds one batch) and all arms of one ``train_arms`` call at once; ``out`` must then be a folder every node sees.
+    Runs are cached in ``out/runs/<study>`` by config hash, so a second call trains nothing new.
     The index lists every outcome stored in ``out``, including those of earlier calls. ``on_outcome`` is called
     after each study (the CLI prints a line).
     """
-    from trainlab.executors import Job, check_workers, run_in_pool
+    from trainlab.executors import Job, check_cluster, check_workers, connect, run_jobs
     from trainlab.report import render_report
 
     if mode not in MODES:
         raise ValueError(f"The 'mode' parameter must be one of {', '.join(MODES)}. Got {mode!r} instead.")
     check_workers(workers)
+    check_cluster(cluster, workers)
     order = [s.name for s in select(names)]
     studies = _slowest_first(select(names), Path(out)) if workers > 1 else select(names)
-    jobs = [Job(f"study {s.name!r}", _run_named, (s.name, mode, seeds, data, str(out))) for s in studies]
-    with _progress(progress) as bars:
+    jobs = [Job(f"study {s.name!r}", _run_named, (s.name, mode, seeds, data, str(out), cluster)) for s in studies]
+    with connect(cluster) if cluster is not None else nullcontext(), _progress(progress) as bars:
         overall = bars.add_task("studies", total=len(studies)) if bars is not None else None
 
         def finished(job: Job, outcome: StudyOutcome) -> None:
@@ -136,20 +142,21 @@ def run_studies(names: str | Sequence[str] = "all", *, mode: Mode = "quick",
             if bars is not None:
                 bars.advance(overall)
 
-        outcomes = run_in_pool(jobs, workers, bars, finished)
+        outcomes = run_jobs(jobs, workers, progress=bars, on_result=finished)
     render_report(out)
     return sorted(outcomes, key=lambda o: order.index(o.name))
 
 
 def _run_named(name: str, mode: Mode, seeds: int | Sequence[int] | None, data: str | Mapping[str, Any] | None,
-               out: str, progress: Any = None) -> StudyOutcome:
+               out: str, cluster: str | None = None, progress: Any = None) -> StudyOutcome:
     """One study by name (a worker process's job: the study objects themselves stay in the parent)."""
     if name not in STUDIES:
         raise ValueError(f"The study {name!r} is not registered in this worker process: a study run with workers > 1 "
                          f"must be registered in an importable module (trainlab.studies or one it imports); or use "
                          f"workers=1.")
     study = STUDIES[name]
-    return run_study(study, make_context(study, mode=mode, seeds=seeds, data=data, out=out, progress=progress))
+    return run_study(study, make_context(study, mode=mode, seeds=seeds, data=data, out=out, progress=progress,
+                                         cluster=cluster))
 
 
 def _slowest_first(studies: list[Study[Any]], out: Path) -> list[Study[Any]]:

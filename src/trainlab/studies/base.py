@@ -102,7 +102,9 @@ class StudyContext(Generic[B]):
 
     ``data`` replaces the base config's dataset in ``train_arms``: a dataset name (``"digits"``) or a mapping of
     ``data`` fields (``{"dataset": {"name": "mnist1d", "num_samples": 2000}, "train_size": 500}``).
-    ``progress`` is a ``rich.progress.Progress`` (or ``None`` for silence).
+    ``progress`` is a ``rich.progress.Progress`` (or ``None`` for silence). ``cluster``, a Ray cluster's address
+    (``executors.run_jobs``), sends each arm of a ``train_arms`` call there as one task (its seeds one batch), all
+    arms of the call at once; the store's folder must then be one every node sees.
     """
 
     study: str
@@ -113,6 +115,7 @@ class StudyContext(Generic[B]):
     store: Store
     data: str | Mapping[str, Any] | None = None
     progress: Any = None
+    cluster: str | None = None
     runs_trained: int = 0
     runs_cached: int = 0
     notes: set[str] = field(default_factory=set)
@@ -140,14 +143,10 @@ class StudyContext(Generic[B]):
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[], None]]:
         """A progress bar for ``total`` units of work; yields ``advance()``. The bar goes when the work is done."""
-        if self.progress is None:
-            yield lambda: None
-            return
-        task_id = self.progress.add_task(description, total=total)
-        try:
-            yield lambda: self.progress.advance(task_id)
-        finally:
-            self.progress.remove_task(task_id)
+        from trainlab.executors import progress_task
+
+        with progress_task(self.progress, description, total) as advance:
+            yield advance
 
     def run_config(self, base: Mapping[str, Any], overrides: Mapping[str, Any], seed: int,
                    use_data_override: bool = True) -> RunConfig:
@@ -165,21 +164,26 @@ class StudyContext(Generic[B]):
 
         Each run's config is ``run_config(base, overrides, seed)``, validated once and handed to the store as it is.
         A run whose resolved config is already in the store is loaded, not trained, so what callbacks record must go
-        to ``trainer.extras`` (stored with the run) to survive the cache.
+        to ``trainer.extras`` (stored with the run) to survive the cache. Each arm is one job
+        (``executors.train_in_store``): here, one after the other, or all at once on ``self.cluster``.
         """
-        seeds = list(self.seeds if seeds is None else seeds)
-        results: dict[str, list[RunResult]] = {}
+        from trainlab.executors import Job, check_shared, run_jobs, train_in_store
+
+        seeds, root = list(self.seeds if seeds is None else seeds), str(self.store.root.resolve())
+        jobs = []
         for arm, overrides in arms.items():
             configs = [self.run_config(base, overrides, seed, use_data_override) for seed in seeds]
-            with self.task(f"{self.study} · {arm}", len(seeds)) as advance:
-
-                def done(result: RunResult, cached: bool) -> None:
-                    self.runs_cached += cached
-                    self.runs_trained += not cached
-                    advance()
-
-                callbacks_for = (lambda c, a=arm: list(callbacks_factory(a, c.seed))) if callbacks_factory else None
-                results[arm], why = self.store.run_many(configs, callbacks_for, done)
+            callbacks_for = (lambda c, a=arm: list(callbacks_factory(a, c.seed))) if callbacks_factory else None
+            name = f"{self.study} · {arm}"
+            jobs.append(Job(name, train_in_store, (root, configs, callbacks_for, name)))
+        done = run_jobs(jobs, cluster=self.cluster, progress=self.progress)
+        if self.cluster is not None:
+            check_shared(done, root, self.cluster)
+        results: dict[str, list[RunResult]] = {}
+        for arm, (runs, why, trained) in zip(arms, done):
+            results[arm] = runs
+            self.runs_trained += trained
+            self.runs_cached += len(runs) - trained
             self.note(f"{self.study}: its runs train one by one, not as a batch of seeds: {why}." if why else "")
         return results
 
