@@ -109,6 +109,15 @@ def test_doctor_names_the_problem_and_writes_a_page(tmp_path):
     assert (tmp_path / "doctor.html").stat().st_size > 10_000
 
 
+def test_cluster_without_repair_and_an_unreachable_cluster_are_refused_before_training(tmp_path):
+    doctor = runner.invoke(app, ["doctor", "examples/sick_dead_relu.yaml", "--cluster", "auto", "--out", str(tmp_path)])
+    assert doctor.exit_code == 2 and "--cluster trains the fixes of --repair" in doctor.output
+    ensemble = runner.invoke(app, ["ensemble", "examples/breast_cancer_mlp.yaml", "--method", "bagging",
+                                   "--cluster", "127.0.0.1:1", "--out", str(tmp_path / "e")])
+    assert ensemble.exit_code == 2 and "Could not connect to the Ray cluster at '127.0.0.1:1'" in ensemble.output
+    assert not (tmp_path / "e").exists() and not (tmp_path / "doctor.html").exists()
+
+
 def test_study_list_run_and_report(tmp_path):
     listed = runner.invoke(app, ["study", "list"])
     assert listed.exit_code == 0 and "init_activations" in listed.output and "batch_norm" in listed.output

@@ -254,6 +254,10 @@ def search(config: Path = typer.Argument(..., help="A run config (YAML): the bas
     con.print("  ".join(f"{k}: {v}" for k, v in result.files.items()), highlight=False)
 
 
+CLUSTER_HELP = ("Train {what} on a Ray cluster: its head's HOST:PORT, or 'auto' for the one running on this "
+                "machine (OUT must be a folder every node sees).")
+
+
 @app.command()
 @user_errors
 def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
@@ -266,6 +270,8 @@ def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
                                                                       "[default: 5]."),
            set_: list[str] = typer.Option([], "--set", help="Override a config value: --set optimizer.lr=3e-3."),
            out: Path = typer.Option(Path("doctor"), "--out", help="Where the record and doctor.html go."),
+           cluster: Optional[str] = typer.Option(None, "--cluster",
+                                                 help=CLUSTER_HELP.format(what="the fixes of --repair")),
            tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Export the record for "
                                                                                "TensorBoard here.")) -> None:
     """Train briefly with per-layer probes and print what is wrong, with the technique that fixes it."""
@@ -275,11 +281,13 @@ def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
 
     con = console()
     if repair:
-        result = run_repair(load_config(config, set_), steps, full=full, out_dir=out,
+        result = run_repair(load_config(config, set_), steps, full=full, out_dir=out, cluster=cluster,
                             **({"seeds": seeds} if seeds is not None else {}))
         result.render(con)
         con.print(f"repaired config: {out / 'repaired.yaml'}", highlight=False)
     else:
+        if cluster is not None:
+            fail("--cluster trains the fixes of --repair; without --repair the doctor trains one short run here.")
         report = run_doctor(load_config(config, set_), steps, full=full, out_dir=out, tensorboard_dir=tensorboard)
         report.render(con)
     con.print(f"report: {out / 'doctor.html'}", highlight=False)
@@ -314,9 +322,7 @@ def study(name: str = typer.Argument(..., help="A study name, or 'all'. 'trainla
           out: Path = typer.Option(Path("reports"), "--out", help="Report folder (runs are cached in OUT/runs/<study>)."),
           workers: int = typer.Option(1, "--workers", min=1, help="Studies run at once, each in its own process "
                                                                   "(cores / workers threads each)."),
-          cluster: Optional[str] = typer.Option(None, "--cluster", help="Train the arms on a Ray cluster: its head's "
-                                                "HOST:PORT, or 'auto' for the one running on this machine (OUT must "
-                                                "be a folder every node sees)."),
+          cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP.format(what="the arms")),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
     """Run a study (or all): train its arms over seeds, test each claim, write the HTML report."""
     from rich.table import Table
@@ -384,6 +390,7 @@ def ensemble(config: Path = typer.Argument(..., help="A run config (YAML) of a c
              set_: list[str] = typer.Option([], "--set", help="Override a config value: --set epochs=10."),
              out: Path = typer.Option(Path("ensemble"), "--out", help="Where ensemble.json goes."),
              as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+             cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP.format(what="the members")),
              quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors.")) -> None:
     """Train an ensemble and compare it on the test split with its average and its best member."""
     from rich.table import Table
@@ -391,7 +398,7 @@ def ensemble(config: Path = typer.Argument(..., help="A run config (YAML) of a c
     from trainlab.config import load_config
     from trainlab.ensembles import run_ensemble
 
-    summary = run_ensemble(load_config(config, set_), method, members, out=out)
+    summary = run_ensemble(load_config(config, set_), method, members, out=out, cluster=cluster)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=float))
     elif not quiet:
