@@ -8,9 +8,12 @@ from torch import nn
 import trainlab.studies.activations as study
 from trainlab.diagnostics import probe_forward
 from trainlab.runs import RunResult
-from trainlab.studies import STUDIES, run_studies
-from trainlab.studies.activations import (benchmark, claim_cost, claim_dead, claim_not_centred, claim_relu_first,
-                                          claim_vanishing, dead_fraction, log_ratio)
+from trainlab.studies import STUDIES, make_context, run_studies
+from trainlab.studies.activations import (COSTLIER, SLOWER_LOSS, CentredSigmoid, CentreSigmoids, benchmark,
+                                          claim_cost, claim_dead, claim_elu_cost, claim_not_centred,
+                                          claim_positive_slow, claim_relu_first, claim_vanishing, dead_fraction,
+                                          log_ratio, mean_loss)
+from trainlab.studies.measures import smoothed_loss
 
 from study_helpers import assert_rerun_is_cached
 
@@ -75,7 +78,9 @@ def _results(sigmoid_ratio: float, dead_relu: float) -> dict:
                      "relu": runs(-0.3, 0.3, 0.01)},
             "dead_runs": {"relu": runs(-0.3, 0.3, dead_relu), "leaky_relu": runs(-0.3, 0.3, 0.0),
                           "elu": runs(-0.3, 0.3, 0.0)},
-            "bench": [{"sigmoid": [1.2 + 0.01 * k, 1.0], "relu": [1.0, 1.0]} for k in range(3)],
+            "bench": [{"sigmoid": [1.2 + 0.01 * k, 1.0], "relu": [1.0, 1.0], "elu": [1.3 - 0.01 * k, 1.0]}
+                      for k in range(3)],
+            "centring": {"depth": 3, "sigmoid": [2.0, 2.1, 2.05], "centred": [1.9, 1.95, 1.92]},
             "steps": {"relu": [50, 55, 60], "sigmoid": [300, 300, 300], "tanh": [150, 160, 170]}}
 
 
@@ -86,6 +91,37 @@ def test_claims_follow_synthetic_numbers():
     assert claim_cost(r).verdict == "supported"
     assert claim_relu_first(r).verdict == "supported"
     assert claim_dead(r).verdict == "supported"
+    assert claim_elu_cost(r).verdict == "supported"
+    assert claim_positive_slow(r).verdict == "supported"
+
+
+def test_cost_and_centring_claims_need_more_than_their_minimum_effects():
+    r = _results(sigmoid_ratio=-4.0, dead_relu=0.2)
+    r["bench"] = [{"sigmoid": [1.0, 1.0], "relu": [1.0, 1.0], "elu": [COSTLIER - 0.05 + 0.01 * k, 1.0]}
+                  for k in range(3)]
+    assert claim_elu_cost(r).verdict == "refuted"  # the whole interval lies below the minimum ratio
+    r["centring"] = {"depth": 3, "sigmoid": [2.0, 2.1, 2.05],
+                     "centred": [2.0 - SLOWER_LOSS / 4, 2.1 - SLOWER_LOSS / 5, 2.05 - SLOWER_LOSS / 3]}
+    assert claim_positive_slow(r).verdict == "refuted"  # faster, but by less than the minimum
+
+
+def test_the_centred_sigmoid_is_sigmoid_shifted_with_the_same_slope():
+    x = torch.linspace(-6, 6, 101, requires_grad=True)
+    (slope,) = torch.autograd.grad(CentredSigmoid()(x).sum(), x)
+    (reference,) = torch.autograd.grad(torch.sigmoid(x).sum(), x)
+    assert torch.allclose(CentredSigmoid()(x), torch.sigmoid(x) - 0.5)
+    assert torch.allclose(slope, reference)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Sequential(nn.Linear(4, 4), nn.Sigmoid()))
+    weights = [p.clone() for p in model.parameters()]
+    CentreSigmoids().on_fit_start(type("T", (), {"model": model})())
+    assert [type(m) for m in model.modules()].count(CentredSigmoid) == 2 and not any(
+        isinstance(m, nn.Sigmoid) for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+def test_mean_loss_is_the_mean_of_the_moving_average():
+    losses = [2.3, 2.0, 1.5, 1.4]
+    assert mean_loss(losses) == pytest.approx(float(np.mean(smoothed_loss(losses))))
 
 
 def test_no_dead_relus_refutes_the_fix_and_healthy_sigmoid_gradients_refute_vanishing():
@@ -98,14 +134,23 @@ def test_no_dead_relus_refutes_the_fix_and_healthy_sigmoid_gradients_refute_vani
 def test_on_three_seeds_sigmoid_gradients_vanish_and_a_second_run_computes_nothing(tmp_path, monkeypatch):
     (outcome,) = run_studies(["activations"], mode="smoke", seeds=3, out=tmp_path, progress=False)
     claims = {c.key: c for c in outcome.claims}
-    assert len(claims) == len(STUDIES["activations"].claims) == 5
+    assert len(claims) == len(STUDIES["activations"].claims) == 7
     # Each sigmoid layer scales the gradient by at most 1/4: the first layer's is orders of magnitude below ReLU's.
     assert claims["sigmoid_vanishing"].verdict == "supported"
     assert claims["sigmoid_vanishing"].numbers["at the start: diff"] < -1.0
     assert claims["sigmoid_not_centred"].verdict == "supported"
     assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
-    assert outcome.runs_trained == 3 * (7 + 3)
+    # The smoke net has the centring depth (3): the centring part's sigmoid runs are the main ones, from the store.
+    assert (outcome.runs_trained, outcome.runs_cached) == (3 * (7 + 3), 3)
+    # The centring claim compares the stored sigmoid runs with the centred ones, which a second measure loads.
+    assert claims["sigmoid_positive_slow"].numbers["n"] == 3
 
     activations = STUDIES["activations"]
-    assert_rerun_is_cached(activations, outcome, monkeypatch, study, "benchmark", 3 * (7 + 3), seeds=3, out=tmp_path)
+    assert_rerun_is_cached(activations, outcome, monkeypatch, study, "benchmark", 3 * (7 + 3 + 1), seeds=3,
+                           out=tmp_path)
+    centring = activations.centring(make_context(activations, mode="smoke", seeds=3, out=tmp_path))
+    assert len(set(centring["sigmoid"])) == 3 and len(set(centring["centred"])) == 3  # one run per seed
+    numbers = claims["sigmoid_positive_slow"].numbers
+    assert (numbers["sigmoid mean"], numbers["sigmoid - 1/2 mean"]) == pytest.approx(
+        (np.mean(centring["sigmoid"]), np.mean(centring["centred"])))

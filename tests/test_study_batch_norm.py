@@ -8,8 +8,10 @@ import pytest
 import trainlab.runs
 from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, make_context, run_study
-from trainlab.studies.batch_norm import (acc_at, claim_high_lr, claim_init_scale, claim_regularizes, claim_speed,
-                                         init_scales, shortfall, value_at_epoch)
+from trainlab.studies.base import finals
+from trainlab.studies.batch_norm import (BASE_LR, BETTER, acc_at, claim_high_lr, claim_init_scale, claim_less_dropout,
+                                         claim_placement, claim_regularizes, claim_speed, dropout_gain, init_scales,
+                                         shortfall, value_at_epoch)
 
 
 def _run(train_acc: list[float], final_train_acc: float = 0.9, test_acc: float = 0.4) -> RunResult:
@@ -68,6 +70,26 @@ def test_speed_high_lr_and_regularization_claims_follow_the_numbers():
     assert claim_regularizes(r).verdict == "inconclusive"
 
 
+def test_placement_and_dropout_claims_follow_the_numbers():
+    base = [0.40, 0.42, 0.41, 0.43]
+    better = [a + 3 * BETTER for a in base]
+    r = {"test_acc_lr": {"bn": {BASE_LR: better}, "bn_after": {BASE_LR: base}, "none": {BASE_LR: base}}}
+    assert claim_placement(r).verdict == "supported"
+    r["test_acc_lr"]["bn_after"][BASE_LR] = better
+    assert claim_placement(r).verdict == "refuted"  # identical results
+    # Dropout adds 5 points to the plain net and nothing to the BN net: BN reduced the need for it.
+    r["test_acc_dropout"] = {"none": [a + 0.05 for a in base], "bn": [a + d for a, d in zip(better, (0.001, -0.002,
+                                                                                                     0.0, 0.002))]}
+    assert dropout_gain(r, "none") == pytest.approx([0.05] * 4)
+    assert claim_less_dropout(r).verdict == "supported"
+    r["test_acc_dropout"]["bn"] = [a + 0.08 for a in better]
+    assert claim_less_dropout(r).verdict == "refuted"
+    # Dropout hurts both nets: a smaller "gain" with BN says nothing about a need that is not there.
+    r["test_acc_dropout"] = {"none": [a - 0.02 for a in base], "bn": [a - 0.06 for a in better]}
+    found = claim_less_dropout(r)
+    assert found.verdict == "inconclusive" and found.parts["BN gains less"].verdict == "supported"
+
+
 @pytest.mark.slow
 def test_on_three_seeds_bn_trains_at_a_learning_rate_where_the_plain_net_fails(tmp_path, monkeypatch):
     bn = STUDIES["batch_norm"]
@@ -78,7 +100,7 @@ def test_on_three_seeds_bn_trains_at_a_learning_rate_where_the_plain_net_fails(t
     assert [c.key for c in outcome.claims] == [c.key for c in bn.claims]
     assert claims["bn_larger_lr"].verdict == "supported"
     assert claims["bn_larger_lr"].numbers["diff"] > 0.3  # test accuracy, BN minus no BN, at lr 1
-    assert len(outcome.figures) == 5 and all((tmp_path / f.path).is_file() for f in outcome.figures)
+    assert len(outcome.figures) == 6 and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
     calls = []
     monkeypatch.setattr(trainlab.runs, "train", lambda *a, **k: calls.append(a))
@@ -86,3 +108,12 @@ def test_on_three_seeds_bn_trains_at_a_learning_rate_where_the_plain_net_fails(t
     results = bn.measure(ctx)
     assert calls == [] and ctx.runs_trained == 0 and ctx.runs_cached == outcome.runs_trained
     assert [c.evaluate(results) for c in bn.claims] == outcome.claims
+    # The placement and dropout claims read the runs.
+    by_lr = results["by_lr"]
+    assert claims["bn_before_activation"].numbers["BN before mean"] == pytest.approx(
+        np.mean(finals(by_lr["bn"][BASE_LR], "test_acc")))
+    assert claims["bn_before_activation"].numbers["BN after mean"] == pytest.approx(
+        np.mean(finals(by_lr["bn_after"][BASE_LR], "test_acc")))
+    assert claims["bn_less_dropout"].numbers["BN gains less: BN mean"] == pytest.approx(
+        np.mean(dropout_gain(results, "bn")))
+    assert results["test_acc_dropout"]["none"] != results["test_acc_lr"]["none"][BASE_LR]

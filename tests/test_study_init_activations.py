@@ -10,8 +10,11 @@ import trainlab.studies.init_activations as study
 from trainlab.diagnostics import probe_forward
 from trainlab.models import MLP
 from trainlab.studies import STUDIES, make_context, run_study
-from trainlab.studies.init_activations import (INITS, InitBudget, claim_he_notes, claim_he_relu, ends_share,
-                                               forward_stats)
+from trainlab.runs import RunResult
+from trainlab.studies.base import finals
+from trainlab.studies.init_activations import (EXPLODES, INITS, SHORTFALL, InitBudget, claim_he_notes, claim_he_relu,
+                                               claim_large_explodes, claim_small_shallow, ends_share,
+                                               first_layer_gradients, forward_stats, gradient_growth)
 
 from study_helpers import assert_rerun_is_cached
 
@@ -40,6 +43,39 @@ def test_ends_share_is_the_probe_saturation_with_a_ten_percent_margin():
         assert ends_share(stats.hist) == pytest.approx(wide[name].saturated)
 
 
+def test_first_layer_gradients_explode_with_depth_from_large_weights_only():
+    budget = InitBudget(seeds=1, epochs=1, layers=4, samples=200, networks=2)
+    grads = {init: [first_layer_gradients(init, seed, budget) for seed in range(3)] for init in ("normal_1", "he")}
+    assert all(len(g["log_grad"]) == 4 for g in grads["he"])
+    # N(0, 1) with 100 ReLU inputs multiplies the backward signal by about sqrt(100 / 2) ≈ 7 per layer.
+    assert np.mean(gradient_growth(grads["normal_1"])) == pytest.approx(3 * np.log10(np.sqrt(50)), abs=0.5)
+    assert abs(np.mean(gradient_growth(grads["he"]))) < 0.5
+    assert claim_large_explodes({"gradients": grads}).verdict == "supported"
+    assert first_layer_gradients("he", 0, budget)["log_grad"].tolist() == grads["he"][0]["log_grad"].tolist()
+
+
+def test_large_weights_claim_is_refuted_when_growth_stays_below_a_decade():
+    flat = [{"log_grad": np.array([-2.0, -2.0 + EXPLODES / 4 + d])} for d in (0.0, 0.01, -0.01)]
+    assert claim_large_explodes({"gradients": {"normal_1": flat, "he": flat}}).verdict == "refuted"
+
+
+def _acc_runs(accs: list[float]) -> list[RunResult]:
+    return [RunResult({"seed": i}, [], {"test_acc": a}, {}) for i, a in enumerate(accs)]
+
+
+def test_small_weights_claim_needs_the_shallow_net_close_to_he_and_the_deep_one_far():
+    he, close, far = [0.50, 0.52, 0.51], [0.49, 0.515, 0.50], [0.10, 0.11, 0.10]
+    runs = {"shallow he": _acc_runs(he), "shallow normal_0.01": _acc_runs(close), "he": _acc_runs(he),
+            "normal_0.01": _acc_runs(far)}
+    r = {"runs": runs, "depths": {"shallow": 1, "deep": 6}}
+    found = claim_small_shallow(r)
+    assert found.verdict == "supported"
+    assert found.numbers["fails with 6: mean"] == pytest.approx(np.mean(he) - np.mean(far))
+    runs["shallow normal_0.01"] = _acc_runs(far)  # small weights fail in the shallow net too
+    assert claim_small_shallow(r).verdict == "refuted"
+    assert SHORTFALL < np.mean(he) - np.mean(far)
+
+
 @pytest.mark.slow
 def test_on_three_seeds_zero_init_keeps_units_identical_and_a_second_run_computes_nothing(tmp_path, monkeypatch):
     init = STUDIES["init_activations"]
@@ -51,9 +87,19 @@ def test_on_three_seeds_zero_init_keeps_units_identical_and_a_second_run_compute
     assert claims["zeros"].numbers["units stay identical: ci_high"] < 1e-6
     # N(0, 1) weights saturate a deep sigmoid stack from the first layer on.
     assert claims["normal_sigmoid"].verdict == "supported"
-    assert outcome.runs_trained == 3 * len(INITS)
+    assert outcome.runs_trained == 3 * (len(INITS) + 2)
     assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
 
+    monkeypatch.setattr(study, "first_layer_gradients", lambda *a: pytest.fail("gradients computed again"))
     assert_rerun_is_cached(init, outcome, monkeypatch, study,
-                           "forward_stats", 3 * len(INITS), budget=budget, out=tmp_path)
+                           "forward_stats", 3 * (len(INITS) + 2), budget=budget, out=tmp_path)
+    # The new claims read the runs and the gradient experiment.
+    results = init.measure(make_context(init, mode="smoke", budget=budget, out=tmp_path))
+    shortfall = np.subtract(finals(results["runs"]["shallow he"], "test_acc"),
+                            finals(results["runs"]["shallow normal_0.01"], "test_acc"))
+    assert claims["small_shallow_only"].numbers["works with 1 hidden layer(s): mean"] == pytest.approx(
+        np.mean(shortfall))
+    growth = gradient_growth(results["gradients"]["normal_1"])
+    assert claims["large_explodes"].numbers["grows with depth: mean"] == pytest.approx(np.mean(growth))
+    assert np.mean(growth) > EXPLODES  # N(0, 1) over 4 layers of 100 ReLUs: about 7x per layer

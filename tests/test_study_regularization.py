@@ -11,8 +11,10 @@ import trainlab.runs
 from trainlab.models import ClassicDropout
 from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, make_context, run_study
-from trainlab.studies.regularization import (ARMS, HIST_EDGES, claim_early_stopping, claim_gap, mc_dropout,
-                                             val_min_epoch, weight_stats, within)
+from trainlab.studies.base import finals
+from trainlab.studies.regularization import (ARMS, DROPOUT_ARMS, FITS_BETTER, HIST_EDGES, LONGER_EPOCHS, TARGET_LOSS,
+                                             claim_dropout_slower, claim_early_stopping, claim_fits_better, claim_gap,
+                                             epochs_to_target_loss, mc_dropout, val_min_epoch, weight_stats, within)
 
 
 def run(val_losses=(1.0,), final=None, extras=None, seed=0) -> RunResult:
@@ -92,6 +94,36 @@ def test_gap_claim_is_refuted_when_one_technique_widens_the_gap():
     assert result.verdict == "refuted" and result.numbers["dropout: diff"] == pytest.approx(0.8133 - 0.6233, abs=1e-3)
 
 
+def curve_run(losses, seed=0) -> RunResult:
+    return RunResult({"seed": seed, "epochs": len(losses)}, [{"epoch": i + 1, "train_loss": v}
+                                                             for i, v in enumerate(losses)], {}, {})
+
+
+def test_epochs_to_the_target_loss_count_a_miss_as_one_more_than_the_run():
+    assert epochs_to_target_loss(curve_run([2.3, 1.6, TARGET_LOSS, 0.5])) == 3
+    assert epochs_to_target_loss(curve_run([2.3, 2.0, 1.9])) == 4
+
+
+def test_dropout_is_slower_only_by_more_than_the_minimum_number_of_epochs():
+    fast = [curve_run([2.0] * k + [0.5] * (20 - k), seed=k) for k in (3, 4, 5)]  # target reached at epoch 4, 5, 6
+    slow = [curve_run([2.0] * (k + 2 * LONGER_EPOCHS) + [0.5] * (20 - k - 2 * LONGER_EPOCHS)) for k in (3, 4, 5)]
+    found = claim_dropout_slower({"runs": {"none": fast, **{arm: slow for arm in DROPOUT_ARMS}}})
+    assert found.verdict == "supported" and found.numbers["dropout: diff"] == 2 * LONGER_EPOCHS
+    almost = [curve_run([2.0] * (k + 1) + [0.5] * (19 - k)) for k in (3, 4, 5)]  # one epoch slower
+    assert claim_dropout_slower({"runs": {"none": fast, **{arm: almost for arm in DROPOUT_ARMS}}}).verdict == "refuted"
+
+
+def test_a_penalty_fits_better_only_by_more_than_the_minimum_accuracy():
+    def arm(accs):
+        return [run(final={"test_acc": a}) for a in accs]
+
+    test = claim_fits_better("l2", "l1", "kernel")
+    base = [0.30, 0.32, 0.31, 0.33]
+    assert test({"runs": {"l2": arm([a + 3 * FITS_BETTER for a in base]), "l1": arm(base)}}).verdict == "supported"
+    close = [a + FITS_BETTER / 10 + d for a, d in zip(base, (0.0005, -0.0005, 0.0, 0.0002))]
+    assert test({"runs": {"l2": arm(close), "l1": arm(base)}}).verdict == "refuted"  # within the minimum: no effect
+
+
 @pytest.mark.slow
 def test_on_three_seeds_l1_gives_sparse_weights_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
     calls = []
@@ -115,3 +147,11 @@ def test_on_three_seeds_l1_gives_sparse_weights_and_a_second_run_trains_nothing(
     results = study.measure(ctx)
     assert len(calls) == len(ARMS) * 3 and (ctx.runs_trained, ctx.runs_cached) == (0, len(ARMS) * 3)
     assert [c.evaluate(results) for c in study.claims] == outcome.claims
+    # The new claims read the runs: the test accuracies of the arms they compare, the epochs of their curves.
+    runs = results["runs"]
+    for key, better, worse in (("kernel_l2_fits_better", "l2", "l1"),
+                               ("activity_l1_fits_better", "activity_l1", "activity")):
+        assert claims[key].numbers[f"{better} mean"] == pytest.approx(np.mean(finals(runs[better], "test_acc")))
+        assert claims[key].numbers[f"{worse} mean"] == pytest.approx(np.mean(finals(runs[worse], "test_acc")))
+    assert claims["dropout_slower"].numbers["dropout: none mean"] == pytest.approx(
+        np.mean([epochs_to_target_loss(r) for r in runs["none"]]))

@@ -12,6 +12,15 @@ Dead-unit part: ReLUs die when large updates push a unit's pre-activation below 
 and its gradient are 0 and it never recovers. At the main learning rate few die, so relu, leaky_relu and elu are
 also trained with Adam at ten times its default lr (``dead_lr``), a setting where ReLUs do die.
 
+Centring part: is it sigmoid's always-positive output (mean about 1/2) that slows learning, or its shape? A shallower
+MLP (``centring_depth`` hidden layers: at the main depth a sigmoid net learns nothing within the budget, the
+vanishing gradients above, so a difference in speed could not show) is trained with sigmoid and with
+``CentredSigmoid``, σ(x) - 1/2: the same function shifted down, with the same slope at every input, so the only
+difference is the mean of the outputs. Both start from the same weights (Xavier, as ``auto`` picks for sigmoid) and
+see the same batches. With positive inputs, every weight into a unit has a gradient of the unit's sign (δ·h with
+h > 0), so the updates of a row move together and zig-zag (LeCun et al., "Efficient BackProp", 1998). The positive
+mean also shifts the first logits, so the sigmoid net starts from a higher loss; the measure counts both.
+
 Definitions fixed before measuring:
 
 - *dead unit*: a unit whose activation slope |f'(z)| is below ``SLOPE_EPS`` for every sample of the probe batch:
@@ -25,10 +34,13 @@ Definitions fixed before measuring:
   ``target_fraction`` of the chance-level loss ln(classes) (the loss of a uniform guess; one absolute target for
   every activation, since their first losses differ); a run that never gets there counts as one step more than a
   full run (``measures.steps_to_target``).
-- *costs more*: a micro-benchmark of one forward and backward pass on a tensor of ``bench_sizes[0]`` float32 values
-  (1 MiB: the data stay in cache, so the arithmetic, exp included, is what is timed), fastest of ``bench_reps``
-  repeats, activations interleaved, one trial per seed; ``bench_sizes[1]`` (16 MiB) is measured too and shown:
-  there memory traffic dominates and the cost of exp can vanish. The table also gives each run's wall time per
+- *learns slower*: a higher mean over the run of the moving-average step loss (the area under the training curve per
+  step, lower = learned sooner), by more than ``SLOWER_LOSS`` nats, paired by seed;
+- *costs more*: at least ``COSTLIER`` (1.1) times ReLU's time in a micro-benchmark of one forward and backward
+  pass on a tensor of ``bench_sizes[0]`` float32 values (1 MiB: the data stay in cache, so the arithmetic, exp
+  included, is what is timed), fastest of ``bench_reps`` repeats, activations interleaved, one trial per seed;
+  ``bench_sizes[1]`` (16 MiB) is measured too and shown: there memory traffic dominates and the cost of exp can
+  vanish. The table also gives each run's wall time per
   training step (diagnostics included), where at width 64 the Python overhead of a step hides the activation.
 """
 
@@ -60,6 +72,9 @@ SLOPE_EPS = 1e-3  # |f'(z)| below this for every probe sample: the unit passes n
 MUCH_SMALLER_DECADES = 1.0
 CENTRED = 0.1  # a layer's mean activation within this of 0 (tanh) or of 0.5 (sigmoid)
 BENCH_VERSION = 1  # bump when the benchmark changes, so cached timings are remeasured
+COSTLIER = 1.1  # time ratio to ReLU from which an activation "costs more"
+SLOWER_LOSS = 0.02  # nats of mean training loss (about 1% of ln 10) from which one net learns slower
+CENTRED_VERSION = 1  # bump when the centred-sigmoid runs change, so their cached results are recomputed
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class ActivationBudget(Budget):
     target_fraction: float = 0.6
     bench_sizes: tuple[int, ...] = (1 << 18, 1 << 22)
     bench_reps: int = 20
+    centring_depth: int = 3
 
 
 def dead_fraction(model: nn.Module, x: torch.Tensor, eps: float = SLOPE_EPS) -> list[float]:
@@ -137,6 +153,37 @@ class ActivationRecorder(Callback):
             trainer.extras["dead_end"] = dead_fraction(trainer.model, x)
         finally:
             trainer.model.train(was_training)
+
+
+class CentredSigmoid(nn.Module):
+    """σ(x) - 1/2: sigmoid shifted to a zero mean, with sigmoid's slope σ(x)(1 - σ(x)) at every x."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x) - 0.5
+
+
+class CentreSigmoids(Callback):
+    """At fit start, puts a ``CentredSigmoid`` in place of every ``nn.Sigmoid`` of the model; activations have no
+    parameters, so the optimizer built before and the initial weights stay as they are."""
+
+    def on_fit_start(self, trainer: Any) -> None:
+        for module in list(trainer.model.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, nn.Sigmoid):
+                    setattr(module, name, CentredSigmoid())
+
+
+def centred_run(config: Any) -> dict[str, Any]:
+    """Train ``config`` (a sigmoid MLP) with its sigmoids centred; its step losses and final metrics."""
+    from trainlab.runs import train
+
+    result = train(config, callbacks=[CentreSigmoids(), StepLoss()])
+    return {"step_loss": np.asarray(result.extras["step_loss"]), "final": result.final}
+
+
+def mean_loss(step_loss: Any) -> float:
+    """The mean of the moving-average step loss over a run: the area under its training curve per step."""
+    return float(np.mean(smoothed_loss(step_loss)))
 
 
 def recorders(every: int) -> list[Callback]:
@@ -206,13 +253,30 @@ def claim_not_centred(r: dict[str, Any]) -> ClaimResult:
     })
 
 
-def claim_cost(r: dict[str, Any]) -> ClaimResult:
-    ratios = [t["sigmoid"][0] / t["relu"][0] for t in r["bench"]]
-    found = threshold_result(ratios, ">", 1.0, "sigmoid / relu time of a forward + backward pass (in cache)")
-    memory = [t["sigmoid"][-1] / t["relu"][-1] for t in r["bench"]]
+def cost_result(r: dict[str, Any], activation: str) -> ClaimResult:
+    """"``activation`` costs more than ReLU": its in-cache time ratio to ReLU above ``COSTLIER``."""
+    ratios = [t[activation][0] / t["relu"][0] for t in r["bench"]]
+    found = threshold_result(ratios, ">", COSTLIER, f"{activation} / relu time of a forward + backward pass "
+                                                    "(in cache)")
+    memory = [t[activation][-1] / t["relu"][-1] for t in r["bench"]]
     return ClaimResult(found.verdict, found.evidence + f" (Memory-bound size, not part of the test: ratio mean "
                                                        f"{np.mean(memory):.3g}.)",
                        {**found.numbers, "memory-bound ratio mean": float(np.mean(memory))})
+
+
+def claim_cost(r: dict[str, Any]) -> ClaimResult:
+    return cost_result(r, "sigmoid")
+
+
+def claim_elu_cost(r: dict[str, Any]) -> ClaimResult:
+    return cost_result(r, "elu")
+
+
+def claim_positive_slow(r: dict[str, Any]) -> ClaimResult:
+    c = r["centring"]
+    return compare_result(c["sigmoid"], c["centred"], "greater", "mean training loss over the run (moving average "
+                                                                  f"per step, {c['depth']} hidden layers)",
+                          ("sigmoid", "sigmoid - 1/2"), min_effect=SLOWER_LOSS)
 
 
 def claim_relu_first(r: dict[str, Any]) -> ClaimResult:
@@ -239,6 +303,10 @@ CLAIMS = (
     Claim("sigmoid_not_centred", "Sigmoid is not zero-centred: its layers' outputs average about 0.5, while tanh's "
                                  "average about 0.", claim_not_centred),
     Claim("sigmoid_cost", "Sigmoid costs more to compute than ReLU (it needs an exponential).", claim_cost),
+    Claim("elu_cost", "ELU costs more to compute than ReLU (it needs an exponential).", claim_elu_cost),
+    Claim("sigmoid_positive_slow", "Sigmoid's always-positive outputs bias the updates and slow learning: the same "
+                                   "function shifted to a zero mean, σ(x) - 1/2, learns faster.",
+          claim_positive_slow),
     Claim("relu_first", "Start with ReLU: a deep network with ReLU converges faster than with sigmoid or tanh.",
           claim_relu_first),
     Claim("leaky_elu_dead", "Leaky ReLU and ELU fix dead ReLUs: fewer of their units die.", claim_dead),
@@ -270,6 +338,7 @@ class Activations(Study[ActivationBudget]):
         dead_runs = ctx.train_arms(base, {f"{a} (adam {b.dead_lr:g})": {"model.activation": a, "optimizer":
                                                                         {"name": "adam", "lr": b.dead_lr}}
                                           for a in DEAD_ARMS}, callbacks_factory=factory)
+        centring = self.centring(ctx)
         bench = []
         with ctx.task(f"{self.name} · benchmark", len(ctx.seeds)) as advance:
             for seed in ctx.seeds:
@@ -288,7 +357,28 @@ class Activations(Study[ActivationBudget]):
                                      b.target_fraction * run.extras["chance_loss"], total) for run in rs]
                  for a, rs in runs.items()}
         return {"runs": runs, "dead_runs": dict(zip(DEAD_ARMS, dead_runs.values())), "bench": bench,
-                "steps": steps, "total_steps": total}
+                "steps": steps, "total_steps": total, "centring": centring}
+
+    def centring(self, ctx: StudyContext[ActivationBudget]) -> dict[str, Any]:
+        """The shallow sigmoid net trained as it is and with its sigmoids centred: per seed, the mean training
+        loss, and the moving-average loss curves."""
+        b = ctx.budget
+        base = self.base_config(b)
+        overrides = {"model.activation": "sigmoid", "model.depth": b.centring_depth}
+        plain = ctx.train_arms(base, {f"sigmoid (depth {b.centring_depth})": overrides},
+                               callbacks_factory=lambda arm, seed: [StepLoss()])
+        plain_losses = [run.extras["step_loss"] for run in next(iter(plain.values()))]
+        centred_losses = []
+        with ctx.task(f"{self.name} · centred sigmoid", len(ctx.seeds)) as advance:
+            for seed in ctx.seeds:
+                config = ctx.run_config(base, overrides, seed)
+                params = {"config": config.model_dump(mode="json"), "version": CENTRED_VERSION}
+                centred_losses.append(ctx.cached("centred", params, lambda c=config: centred_run(c))["step_loss"])
+                advance()
+        return {"depth": b.centring_depth, "sigmoid": [mean_loss(x) for x in plain_losses],
+                "centred": [mean_loss(x) for x in centred_losses],
+                "curves": {"sigmoid": [smoothed_loss(x) for x in plain_losses],
+                           "sigmoid - 1/2": [smoothed_loss(x) for x in centred_losses]}}
 
     def present(self, results: dict[str, Any], ctx: StudyContext[ActivationBudget]
                 ) -> tuple[list[FigureRef], list[Table]]:
@@ -328,6 +418,12 @@ class Activations(Study[ActivationBudget]):
                                   "dead_units", f"Share of units with slope below {SLOPE_EPS:g} for every validation "
                                                 "sample (mean over layers): momentum SGD for every activation, then "
                                                 f"Adam at lr {b.dead_lr:g}, where ReLUs die. Mean and 95% CI."))
+        centring = results["centring"]
+        fig = curves_figure(centring["curves"], title=f"sigmoid against σ(x) - 1/2 ({centring['depth']} hidden "
+                                                      "layers)", xlabel="step", ylabel="training loss (moving average)")
+        figures.append(ctx.figure(fig, "centring", "The same net with sigmoid and with sigmoid shifted to a zero mean "
+                                                   "(same slope everywhere), from the same weights: mean over seeds "
+                                                   "with 95% band."))
         figures.append(ctx.figure(_bench_figure(bench, b.bench_sizes), "cost",
                                   "Time of one forward + backward pass, relative to ReLU, on one thread: mean and "
                                   "95% CI over trials (each the fastest of its repeats)."))
@@ -356,7 +452,12 @@ def _tables(results: dict[str, Any], b: ActivationBudget) -> list[Table]:
                   *(mean_finite(finals(rs, key)) for key in ("train_loss", "val_acc"))] for a, rs in dead_runs.items()]
     dead = Table(f"Adam at lr {b.dead_lr:g}: dead units (means over seeds)",
                  ["activation", "dead units", "worst seed", "final train loss", "val acc"], dead_rows)
-    return [main, dead]
+    c = results["centring"]
+    centring = Table(f"Sigmoid against σ(x) - 1/2, {c['depth']} hidden layers (means over seeds)",
+                     ["activation", "mean training loss over the run", "final training loss (moving average)"],
+                     [[name, mean_finite([np.mean(x) for x in curves]), mean_finite([x[-1] for x in curves])]
+                      for name, curves in c["curves"].items()])
+    return [main, dead, centring]
 
 
 def _bench_figure(bench: list[dict[str, Any]], sizes: tuple[int, ...]) -> Any:

@@ -7,7 +7,8 @@ same log range, with SGD + momentum at ``BASE_LR``. Far from the right scale a p
 (activations vanish for small s, explode for large s); batch norm renormalizes every layer's pre-activations, so
 whether it trains should barely depend on s. Then, from He initialization, the network without BN, with BN before
 and with BN after the activation is trained at each learning rate of ``lrs`` (a decade apart, up to one where the
-plain network is expected to diverge).
+plain network is expected to diverge). Last, at the reference, the network without and with BN (before the
+activation) is trained once more with dropout (``DROPOUT`` after every hidden block).
 
 What the claims measure (fixed before measuring; runs are paired by seed: same data order, and the same weights up
 to the scale):
@@ -22,7 +23,13 @@ to the scale):
   its result depends entirely on the scale; the standard deviations are reported alongside.)
 - regularization: the generalization gap (``measures.generalization_gap``: training accuracy, eval mode, after
   training, minus test accuracy) at the reference. At a fixed budget a network that fits its training set faster
-  also widens this gap, so the table gives the training and test accuracies behind it at every learning rate.
+  also widens this gap, so the table gives the training and test accuracies behind it at every learning rate;
+- placement: BN before the activation works better than after it when its final test accuracy at the reference is
+  higher by more than ``BETTER`` (1 point);
+- less need for dropout: per seed, the *gain* of dropout is the final test accuracy with dropout minus without (at
+  the reference); BN reduces the need for it when dropout helps the plain network (its gain > 0) and the gain with
+  BN is smaller by more than ``BETTER``. Where dropout does not help the plain network, the verdict is inconclusive:
+  there is no need for BN to reduce.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import numpy as np
 from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
-                                   finals, joint, series)
+                                   finals, joint, series, threshold_result)
 from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, train_metric
 from trainlab.runs import RunResult
 
@@ -48,6 +55,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 LABELS = {"none": "without BN", "bn": "BN before activation", "bn_after": "BN after activation"}
 SHORT = {"none": "no BN", "bn": "BN before act.", "bn_after": "BN after act."}
+BETTER = 0.01  # test accuracy by which one network must beat another to count
+DROPOUT = 0.3  # the regularization study's rate
+DROPOUT_VARIANTS = ("none", "bn")
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,32 @@ def claim_regularizes(r: dict[str, Any]) -> ClaimResult:
                           "train accuracy - test accuracy (He init)", ("BN", "no BN"))
 
 
+def claim_placement(r: dict[str, Any]) -> ClaimResult:
+    return compare_result(r["test_acc_lr"]["bn"][BASE_LR], r["test_acc_lr"]["bn_after"][BASE_LR], "greater",
+                          f"final test accuracy (He init, lr {BASE_LR:g})", ("BN before", "BN after"),
+                          min_effect=BETTER)
+
+
+def dropout_gain(r: dict[str, Any], variant: str) -> list[float]:
+    """Per seed: final test accuracy of ``variant`` with dropout minus without, at the reference."""
+    return [float(d - p) for d, p in zip(r["test_acc_dropout"][variant], r["test_acc_lr"][variant][BASE_LR])]
+
+
+def claim_less_dropout(r: dict[str, Any]) -> ClaimResult:
+    what = f"test accuracy gained by dropout {DROPOUT:g} (He init, lr {BASE_LR:g})"
+    found = joint({
+        "dropout helps the plain net": threshold_result(dropout_gain(r, "none"), ">", 0.0, f"{what}, no BN"),
+        "BN gains less": compare_result(dropout_gain(r, "bn"), dropout_gain(r, "none"), "less", what,
+                                        ("BN", "no BN"), min_effect=BETTER),
+    })
+    if found.parts["dropout helps the plain net"].verdict != "supported":
+        # Where dropout does not help the plain net either, there is no need of it for BN to reduce.
+        return ClaimResult("inconclusive", "Dropout does not help the network without BN here, so this setting "
+                                           "cannot show BN reducing the need for it.\n" + found.evidence,
+                           found.numbers, found.parts)
+    return found
+
+
 CLAIMS = (
     Claim("bn_speeds", "Batch normalization speeds up training: a higher training accuracy after a few epochs.",
           claim_speed),
@@ -128,6 +164,11 @@ CLAIMS = (
           claim_init_scale),
     Claim("bn_regularizes", "Batch normalization regularizes a little: a smaller gap between training and test "
                             "accuracy.", claim_regularizes),
+    Claim("bn_before_activation", "Batch normalization works better after the linear map and before the "
+                                  "nonlinearity than after the nonlinearity: a higher test accuracy.",
+          claim_placement),
+    Claim("bn_less_dropout", "Batch normalization reduces the need for dropout: adding dropout to a network with BN "
+                             "gains less test accuracy than adding it to the plain network.", claim_less_dropout),
 )
 
 
@@ -156,6 +197,7 @@ class BatchNorm(Study[BatchNormBudget]):
         arms = {f"{v}@std={s:g}": {**VARIANTS[v], "model.init": {"name": "normal", "std": s}}
                 for v in ("none", "bn") for s in scales}
         arms.update({f"{v}@lr={lr:g}": {**VARIANTS[v], "optimizer.lr": lr} for v in VARIANTS for lr in lrs})
+        arms.update({f"{v}+dropout": {**VARIANTS[v], "model.dropout": DROPOUT} for v in DROPOUT_VARIANTS})
         runs = ctx.train_arms(self.base_config(b), arms, callbacks_factory=lambda arm, seed: [TrainEval()])
         by_scale = {v: [runs[f"{v}@std={s:g}"] for s in scales] for v in ("none", "bn")}
         by_lr = {v: {lr: runs[f"{v}@lr={lr:g}"] for lr in lrs} for v in VARIANTS}
@@ -170,6 +212,7 @@ class BatchNorm(Study[BatchNormBudget]):
             "ref_acc_k": {v: [acc_at(run, k) for run in by_lr[v][BASE_LR]] for v in VARIANTS},
             "gap": {v: [generalization_gap(run) for run in by_lr[v][BASE_LR]] for v in VARIANTS},
             "test_acc_lr": {v: {lr: finals(rs, "test_acc") for lr, rs in t.items()} for v, t in by_lr.items()},
+            "test_acc_dropout": {v: finals(runs[f"{v}+dropout"], "test_acc") for v in DROPOUT_VARIANTS},
             "diverged_lr": {v: {lr: [bool(run.extras.get("diverged")) for run in rs] for lr, rs in t.items()}
                             for v, t in by_lr.items()},
         }
@@ -213,6 +256,11 @@ class BatchNorm(Study[BatchNormBudget]):
                                               title=f"train - test accuracy (He init, lr {BASE_LR:g})",
                                               ylabel="accuracy gap"), "gap",
                                   "Generalization gap after training: mean and 95% CI over seeds."))
+        figures.append(ctx.figure(bars_figure({SHORT[v]: dropout_gain(results, v) for v in DROPOUT_VARIANTS},
+                                              title=f"test accuracy gained by dropout {DROPOUT:g}",
+                                              ylabel="with dropout - without"), "dropout_gain",
+                                  f"What dropout adds to the test accuracy with and without BN (He init, lr "
+                                  f"{BASE_LR:g}): mean and 95% CI over seeds of the paired difference."))
         scale_rows = [[s, *(mean_finite(results["acc_k"][v][:, i]) for v in ("none", "bn")),
                        *(mean_finite(results["test_acc_scales"][v][:, i]) for v in ("none", "bn")),
                        *(_diverged(by_scale[v][i]) for v in ("none", "bn"))] for i, s in enumerate(scales)]
@@ -227,7 +275,16 @@ class BatchNorm(Study[BatchNormBudget]):
             Table("Learning rates from He init (means over seeds; diverged runs excluded from the loss)",
                   ["lr", "network", f"train acc @{k}", "final train loss", "train acc (eval)", "test acc", "gap",
                    "diverged"], lr_rows),
+            _dropout_table(results),
         ]
+
+
+def _dropout_table(results: dict[str, Any]) -> Table:
+    return Table(f"Dropout {DROPOUT:g} at the reference (He init, lr {BASE_LR:g}; means over seeds)",
+                 ["network", "test acc", "test acc with dropout", "gain"],
+                 [[LABELS[v], mean_finite(results["test_acc_lr"][v][BASE_LR]),
+                   mean_finite(results["test_acc_dropout"][v]), mean_finite(dropout_gain(results, v))]
+                  for v in DROPOUT_VARIANTS])
 
 
 def _diverged(runs: list[RunResult]) -> str:

@@ -3,12 +3,19 @@
 Forward-only part: a stack of ``layers`` dense layers of ``width`` units on standard-normal input (the textbook's
 5 layers of 100 units, deeper here so that trends show), for each activation (sigmoid, tanh, relu) and each init,
 recording every layer's activation histogram, std, saturated fraction and dead units with
-``diagnostics.probe_forward``. Training part: a deep ReLU MLP on MNIST-1D per init (loss curves).
+``diagnostics.probe_forward``. Gradient part: ReLU stacks of 1 to ``layers`` hidden layers, from N(0, 1) and from
+He, on the same input with random labels; the gradient of the cross-entropy with respect to the first weight matrix
+(its RMS, as log10). Training part: a deep ReLU MLP on MNIST-1D per init (loss curves), and a shallow one
+(``shallow_depth`` hidden layers) from N(0, 0.01²) and from He.
 
 Definitions the claims use, fixed before measuring: a layer has *collapsed* when its std is below 5% of the
 activation's output range; *at the ends* means within 10% of the range of a bound (a uniform spread puts 20% there);
 *saturated* is the diagnostics' definition (within 2% of a bound, where sigmoid's slope is below 8% of its peak);
 activations are *kept* across depth when the last layer's std is within [0.5x, 2x] of the first layer's.
+Small weights *work* in a net when its final test accuracy from N(0, 0.01²) falls short of He's by less than
+``SHORTFALL`` (5 points), and fail when it falls short by more. Gradients *explode* with depth when the first
+layer's gradient RMS of the deepest stack is more than ``EXPLODES`` decades (10x) above that of a one-layer stack,
+and grows by that much more than from He.
 """
 
 from __future__ import annotations
@@ -46,6 +53,11 @@ COLLAPSED = 0.05  # std below this share of the output range
 ENDS = 0.1  # "at the ends": within this share of the output range of a bound
 KEPT = (0.5, 2.0)  # last-layer std / first-layer std
 FORWARD_VERSION = 1  # bump when the forward experiment changes, so cached results are recomputed
+GRADIENT_VERSION = 1  # the same for the gradient experiment
+GRADIENT_INITS = ("normal_1", "he")
+CLASSES = 10  # random labels of the gradient experiment
+SHORTFALL = 0.05  # test accuracy below He's that still counts as "works"
+EXPLODES = 1.0  # decades of first-layer gradient growth from 1 to ``layers`` hidden layers
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class InitBudget(Budget):
     samples: int = 1000  # rows of standard-normal input
     networks: int = 10  # random networks per seed: a seed's statistics average over them
     train_depth: int = 6  # hidden layers of the trained MLP
+    shallow_depth: int = 1  # hidden layers of the shallow trained MLP
 
 
 def forward_stats(activation: str, init: str, seed: int, budget: InitBudget) -> dict[str, Any]:
@@ -88,6 +101,31 @@ def forward_stats(activation: str, init: str, seed: int, budget: InitBudget) -> 
         "hist": np.stack([s.hist for s in first]),
         "hist_range": np.array([s.hist_range for s in first]),
     }
+
+
+def first_layer_gradients(init: str, seed: int, budget: InitBudget) -> dict[str, Any]:
+    """log10 of the first weight matrix's gradient RMS, for ReLU stacks of 1 .. ``budget.layers`` hidden layers
+    (``log_grad[depth - 1]``), each the mean over ``budget.networks`` networks drawn from ``seed``: the gradient of
+    the cross-entropy on N(0, 1) input with random labels over ``CLASSES`` classes."""
+    generator = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = []
+        for depth in range(1, budget.layers + 1):
+            spec = MLP(depth=depth, width=budget.width, activation="relu", init=INITS[init])
+            logs = []
+            for _ in range(budget.networks):
+                model = spec.build((budget.width,), CLASSES, generator)
+                x = torch.randn(budget.samples, budget.width, generator=generator)
+                y = torch.randint(0, CLASSES, (budget.samples,), generator=generator)
+                first = next(m.weight for m in model.modules() if isinstance(m, nn.Linear))
+                (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), first)
+                logs.append(float(grad.double().square().mean().sqrt().log10()))
+            out.append(float(np.mean(logs)))
+    finally:
+        torch.set_num_threads(threads)
+    return {"log_grad": np.array(out)}
 
 
 def ends_share(hist: np.ndarray) -> float:
@@ -177,6 +215,38 @@ def claim_he_trains(r: dict[str, Any]) -> ClaimResult:
                           "final validation loss of the deep ReLU MLP", ("He", "Xavier"))
 
 
+def _test_acc_shortfall(he: list[Any], small: list[Any]) -> list[float]:
+    return [h - s for h, s in zip(finals(he, "test_acc"), finals(small, "test_acc"))]
+
+
+def claim_small_shallow(r: dict[str, Any]) -> ClaimResult:
+    runs, depths = r["runs"], r["depths"]
+    what = "final test accuracy, He - N(0, 0.01²)"
+    return joint({
+        f"works with {depths['shallow']} hidden layer(s)": threshold_result(
+            _test_acc_shortfall(runs["shallow he"], runs["shallow normal_0.01"]), "<", SHORTFALL,
+            f"{what}, {depths['shallow']} hidden layer(s)"),
+        f"fails with {depths['deep']}": threshold_result(_test_acc_shortfall(runs["he"], runs["normal_0.01"]), ">",
+                                                         SHORTFALL, f"{what}, {depths['deep']} hidden layers"),
+    })
+
+
+def gradient_growth(stats: list[dict[str, Any]]) -> list[float]:
+    """Per seed: decades by which the first layer's gradient RMS of the deepest stack exceeds a one-layer stack's."""
+    return [float(s["log_grad"][-1] - s["log_grad"][0]) for s in stats]
+
+
+def claim_large_explodes(r: dict[str, Any]) -> ClaimResult:
+    grads = r["gradients"]
+    layers = len(grads["normal_1"][0]["log_grad"])
+    what = f"log10 first-layer gradient RMS, {layers} hidden layers - 1 (ReLU)"
+    large, he = gradient_growth(grads["normal_1"]), gradient_growth(grads["he"])
+    return joint({
+        "grows with depth": threshold_result(large, ">", EXPLODES, f"{what}, N(0, 1)"),
+        "more than from He": compare_result(large, he, "greater", what, ("N(0, 1)", "He"), min_effect=EXPLODES),
+    })
+
+
 CLAIMS = (
     Claim("zeros", "Initializing every weight to zero keeps the units of a layer identical, so the network learns "
                    "nothing.", claim_zeros),
@@ -192,6 +262,12 @@ CLAIMS = (
                       "ReLU network from layer to layer.", claim_he_notes),
     Claim("he_trains", "A deep ReLU network trains better from He initialization than from Xavier (lower "
                        "validation loss).", claim_he_trains),
+    Claim("small_shallow_only", "Small random weights (N(0, 0.01²)) work in a shallow network but not in a deep "
+                                "one: the test accuracy falls short of He's little with one hidden layer and by "
+                                "much with six.", claim_small_shallow),
+    Claim("large_explodes", "In deep networks large weights (N(0, 1)) make the gradients explode: the first "
+                            "layer's gradient grows by orders of magnitude with depth, far more than from He.",
+          claim_large_explodes),
 )
 
 
@@ -226,9 +302,21 @@ class InitActivations(Study[InitBudget]):
                         forward[act][init].append(
                             ctx.cached("forward", params, lambda a=act, i=init, s=seed: forward_stats(a, i, s, b)))
                         advance()
+        gradients: dict[str, list[dict[str, Any]]] = {init: [] for init in GRADIENT_INITS}
+        with ctx.task(f"{self.name} · gradients", len(GRADIENT_INITS) * len(ctx.seeds)) as advance:
+            for init in GRADIENT_INITS:
+                for seed in ctx.seeds:
+                    params = {"init": INITS[init], "seed": seed, "layers": b.layers, "width": b.width,
+                              "samples": b.samples, "networks": b.networks, "version": GRADIENT_VERSION}
+                    gradients[init].append(ctx.cached("gradients", params,
+                                                      lambda i=init, s=seed: first_layer_gradients(i, s, b)))
+                    advance()
         arms = {init: {"model.init": spec} for init, spec in INITS.items()}
+        arms.update({f"shallow {init}": {"model.init": INITS[init], "model.depth": b.shallow_depth}
+                     for init in ("normal_0.01", "he")})
         runs = ctx.train_arms(self.base_config(b), arms, callbacks_factory=lambda arm, seed: [SymmetryProbe()])
-        return {"forward": forward, "runs": runs}
+        return {"forward": forward, "runs": runs, "gradients": gradients,
+                "depths": {"shallow": b.shallow_depth, "deep": b.train_depth}}
 
     def present(self, results: dict[str, Any], ctx: StudyContext[InitBudget]) -> tuple[list[FigureRef], list[Table]]:
         forward, runs = results["forward"], results["runs"]
@@ -240,9 +328,10 @@ class InitActivations(Study[InitBudget]):
         figures.append(ctx.figure(_per_layer(forward, "saturated", acts=("sigmoid", "tanh")), "saturated_per_layer",
                                   "Share of saturated activations (within 2% of a bound) per layer."))
         fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        curves_figure({LABELS[a]: series(rs, "train_loss") for a, rs in runs.items()}, title="training loss",
+        deep = {a: rs for a, rs in runs.items() if a in INITS}
+        curves_figure({LABELS[a]: series(rs, "train_loss") for a, rs in deep.items()}, title="training loss",
                       xlabel="epoch", ylabel="loss", ax=axes[0])
-        curves_figure({LABELS[a]: series(rs, "val_acc") for a, rs in runs.items()}, title="validation accuracy",
+        curves_figure({LABELS[a]: series(rs, "val_acc") for a, rs in deep.items()}, title="validation accuracy",
                       xlabel="epoch", ylabel="accuracy", ax=axes[1])
         figures.append(ctx.figure(fig, "training", "Deep ReLU MLP on the study's dataset, one curve per "
                                                    "initialization: mean over seeds with 95% band."))
@@ -258,13 +347,29 @@ class InitActivations(Study[InitBudget]):
                               "seeds)",
                               ["activation", "init", "first std", "last std", "last/first", "saturated", "dead"],
                               rows)
-        train_rows = [[LABELS[a], mean_finite(finals(rs, "val_loss")), mean_finite(finals(rs, "val_acc")),
+        depths = results["depths"]
+
+        def label(arm: str) -> str:
+            init = arm.removeprefix("shallow ")
+            return f"{LABELS[init]}, {depths['shallow'] if arm != init else depths['deep']} hidden layer(s)"
+
+        figures.append(ctx.figure(_gradient_figure(results["gradients"]), "gradient_by_depth",
+                                  "RMS of the cross-entropy's gradient with respect to the first weight matrix "
+                                  "(random labels), against depth: mean of log10 over seeds with 95% band."))
+        train_rows = [[label(a), mean_finite(finals(rs, "val_loss")), mean_finite(finals(rs, "val_acc")),
                        mean_finite(finals(rs, "test_acc")), mean_finite([r.final["epochs_run"] for r in rs]),
                        "; ".join(sorted({r.final["stopped_reason"] for r in rs if r.final["stopped_reason"]}))]
                       for a, rs in runs.items()]
         train_table = Table("Training (means over seeds)",
                             ["init", "val loss", "val acc", "test acc", "epochs run", "stopped"], train_rows)
         return figures, [forward_table, train_table]
+
+
+def _gradient_figure(gradients: dict[str, list[dict[str, Any]]]) -> Any:
+    layers = len(gradients[GRADIENT_INITS[0]][0]["log_grad"])
+    return curves_figure({LABELS[i]: [g["log_grad"] for g in gradients[i]] for i in GRADIENT_INITS},
+                         x=np.arange(1, layers + 1), title="first-layer gradient of ReLU stacks at initialization",
+                         xlabel="hidden layers", ylabel="log10 gradient RMS")
 
 
 def _histograms(forward: dict[str, Any], act: str) -> Any:
