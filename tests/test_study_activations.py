@@ -9,10 +9,10 @@ import trainlab.studies.activations as study
 from trainlab.diagnostics import probe_forward
 from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, make_context, run_studies
-from trainlab.studies.activations import (COSTLIER, SLOWER_LOSS, CentredSigmoid, CentreSigmoids, benchmark,
-                                          claim_cost, claim_dead, claim_elu_cost, claim_not_centred,
-                                          claim_positive_slow, claim_relu_first, claim_vanishing, dead_fraction,
-                                          log_ratio, mean_loss)
+from trainlab.studies.activations import (COSTLIER, NONLINEAR_GAIN, SLOWER_LOSS, CentredSigmoid, CentreSigmoids,
+                                          LinearNet, benchmark, claim_cost, claim_dead, claim_elu_cost,
+                                          claim_nonlinearity, claim_not_centred, claim_positive_slow,
+                                          claim_relu_first, claim_vanishing, dead_fraction, log_ratio, mean_loss)
 from trainlab.studies.measures import smoothed_loss
 
 from study_helpers import assert_rerun_is_cached
@@ -119,6 +119,27 @@ def test_the_centred_sigmoid_is_sigmoid_shifted_with_the_same_slope():
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
 
 
+def test_the_linear_net_replaces_every_tanh_by_the_identity_and_keeps_the_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Sequential(nn.Linear(4, 4), nn.Tanh()), nn.Linear(4, 2))
+    weights = [p.clone() for p in model.parameters()]
+    LinearNet().on_fit_start(type("T", (), {"model": model})())
+    assert not any(isinstance(m, nn.Tanh) for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    x = torch.randn(5, 3)
+    product = x @ model[0].weight.T + model[0].bias
+    product = product @ model[2][0].weight.T + model[2][0].bias
+    assert torch.allclose(model(x), product @ model[3].weight.T + model[3].bias, atol=1e-6)  # one affine map
+
+
+def test_the_nonlinearity_claim_needs_relu_ahead_by_the_minimum_gain():
+    relu = [RunResult({}, [], {"test_acc": a}, {}) for a in (0.60, 0.62, 0.61)]
+    r = {"runs": {"relu": relu}, "linear": [0.30, 0.33, 0.31]}
+    assert claim_nonlinearity(r).verdict == "supported"
+    r["linear"] = [a - NONLINEAR_GAIN / 4 for a in (0.60, 0.615, 0.605)]
+    assert claim_nonlinearity(r).verdict == "refuted"  # ahead, but by less than the minimum
+
+
 def test_mean_loss_is_the_mean_of_the_moving_average():
     losses = [2.3, 2.0, 1.5, 1.4]
     assert mean_loss(losses) == pytest.approx(float(np.mean(smoothed_loss(losses))))
@@ -134,7 +155,7 @@ def test_no_dead_relus_refutes_the_fix_and_healthy_sigmoid_gradients_refute_vani
 def test_on_three_seeds_sigmoid_gradients_vanish_and_a_second_run_computes_nothing(tmp_path, monkeypatch):
     (outcome,) = run_studies(["activations"], mode="smoke", seeds=3, out=tmp_path, progress=False)
     claims = {c.key: c for c in outcome.claims}
-    assert len(claims) == len(STUDIES["activations"].claims) == 7
+    assert len(claims) == len(STUDIES["activations"].claims) == 8
     # Each sigmoid layer scales the gradient by at most 1/4: the first layer's is orders of magnitude below ReLU's.
     assert claims["sigmoid_vanishing"].verdict == "supported"
     assert claims["sigmoid_vanishing"].numbers["at the start: diff"] < -1.0
@@ -154,3 +175,7 @@ def test_on_three_seeds_sigmoid_gradients_vanish_and_a_second_run_computes_nothi
     numbers = claims["sigmoid_positive_slow"].numbers
     assert (numbers["sigmoid mean"], numbers["sigmoid - 1/2 mean"]) == pytest.approx(
         (np.mean(centring["sigmoid"]), np.mean(centring["centred"])))
+    # The nonlinearity claim compares the stored ReLU runs with the linear ones, which a second measure loads.
+    linear = activations.linear(make_context(activations, mode="smoke", seeds=3, out=tmp_path))
+    assert len(linear) == 3 and claims["nonlinearity_needed"].numbers["identity mean"] == pytest.approx(
+        np.mean(linear))

@@ -8,9 +8,10 @@ from torch import nn
 
 import trainlab.studies.geometry as study
 from trainlab.studies import STUDIES, make_context, run_study
-from trainlab.studies.geometry import (BINS, FAR, INITS, LR_FACTORS, NEAR, GeometryBudget, PlaneLoss,
-                                       distinct_minima, forward_stats, l1_norm_growth, l1_path, l2_lambdas, l2_path,
-                                       lr_paths, named_minimum, quadratic, regression, sparse_range)
+from trainlab.studies.geometry import (BINS, FAR, GROWS, INITS, LR_FACTORS, NEAR, GeometryBudget, PlaneLoss,
+                                       claim_small_inits_uneven, distinct_minima, forward_stats, growth,
+                                       l1_norm_growth, l1_path, l2_lambdas, l2_path, lr_paths, named_minimum,
+                                       quadratic, regression, sparse_range)
 
 from study_helpers import assert_rerun_is_cached
 
@@ -100,6 +101,19 @@ def test_forward_statistics_have_one_histogram_per_init_and_layer(sigmoid_relu):
     # U(-1, 1) on 40-unit layers: var grows ~ 40 · (1/3) / 2 per ReLU layer, so the std more than doubles.
     std = sigmoid_relu["relu"]["uniform_1/std"]
     assert np.all(std[1:] / std[:-1] > 2)
+
+
+def test_small_inits_shrink_relu_layers_and_leave_sigmoid_uneven(sigmoid_relu):
+    r = {"forward": {act: [stats] * 3 for act, stats in sigmoid_relu.items()}}
+    found = claim_small_inits_uneven(r)
+    relu = sigmoid_relu["relu"]
+    # N(0, 0.05²) on 40-unit ReLU layers: the std scales by sqrt(40 · 0.05² / 2) ≈ 0.22 per layer.
+    assert found.numbers["ReLU N(0, 0.05²) shrinks: mean"] == pytest.approx(growth(relu["normal/std"]))
+    assert growth(relu["normal/std"]) == pytest.approx(np.sqrt(40 * 0.05 ** 2 / 2), rel=0.25)
+    assert growth(relu["normal/std"]) < 1 / GROWS
+    uneven = sigmoid_relu["sigmoid"]["uniform/uneven"]
+    assert found.numbers["sigmoid U(±0.05) uneven: mean"] == pytest.approx(uneven.min())
+    assert found.verdict == "supported"
 
 
 @pytest.mark.slow

@@ -12,9 +12,11 @@ from trainlab.models import MLP
 from trainlab.studies import STUDIES, make_context, run_study
 from trainlab.runs import RunResult
 from trainlab.studies.base import finals
-from trainlab.studies.init_activations import (EXPLODES, INITS, SHORTFALL, InitBudget, claim_he_notes, claim_he_relu,
-                                               claim_large_explodes, claim_small_shallow, ends_share,
-                                               first_layer_gradients, forward_stats, gradient_growth)
+from trainlab.studies.init_activations import (EXPLODES, INITS, LATER, PLATEAU_TARGET, SHORTFALL, SIMILAR, SPECS,
+                                               InitBudget, claim_he_notes, claim_he_relu, claim_large_explodes,
+                                               claim_plateau_slow, claim_small_shallow, claim_xavier_he_close,
+                                               ends_share, first_layer_gradients, forward_stats, gradient_flow,
+                                               gradient_growth, plateau_steps)
 
 from study_helpers import assert_rerun_is_cached
 
@@ -76,6 +78,40 @@ def test_small_weights_claim_needs_the_shallow_net_close_to_he_and_the_deep_one_
     assert SHORTFALL < np.mean(he) - np.mean(far)
 
 
+def test_gradient_flow_balances_tanh_from_xavier_and_not_from_large_weights():
+    budget = InitBudget(seeds=1, epochs=1, layers=4, width=50, samples=200, networks=2)
+    xavier, large = gradient_flow("tanh", "xavier", 0, budget), gradient_flow("tanh", "normal_1", 0, budget)
+    # From N(0, 1) the tanh layers' gradients are far apart: the first layer's about 0.9 decades above the last
+    # hidden layer's over these 4 layers (3.3 decades over the study's 10); from Xavier they match.
+    assert abs(xavier["log_ratio"]) < 0.3 < 0.6 < large["log_ratio"]
+    # Xavier's logits are small, so the loss starts near chance, ln(10); N(0, 1)'s are large and confidently wrong.
+    assert xavier["start_loss"] == pytest.approx(np.log(10), abs=0.3) and large["start_loss"] > 2 * np.log(10)
+    assert 0 < xavier["unit_spread"] < 1
+    assert gradient_flow("tanh", "xavier", 0, budget) == xavier  # the seed fixes every draw
+
+
+def test_xavier_and_he_are_close_only_within_the_margin():
+    he = [0.50, 0.52, 0.51]
+    runs = {"he": _acc_runs(he), "xavier": _acc_runs([a - SIMILAR / 3 for a in he])}
+    r = {"runs": runs, "depths": {"deep": 6}}
+    assert claim_xavier_he_close(r).verdict == "supported"
+    runs["xavier"] = _acc_runs([a - 2 * SIMILAR for a in he])
+    assert claim_xavier_he_close(r).verdict == "refuted"
+
+
+def test_the_plateau_claim_counts_steps_to_the_target_and_needs_the_minimum_delay():
+    target = PLATEAU_TARGET * np.log(10)
+    # A loss that drops below the target at step k (the moving average follows a few steps later).
+    curve = lambda k: [3.0] * k + [0.5] * (100 - k)  # noqa: E731
+    fast = [RunResult({}, [], {}, {"step_loss": curve(k)}) for k in (10, 12, 11)]
+    slow = [RunResult({}, [], {}, {"step_loss": curve(k)}) for k in (60, 65, 70)]
+    # The moving average (beta 0.9) of 3.0 then 0.5 falls below 0.9 ln(10) ≈ 2.07 at the fourth step of 0.5.
+    assert plateau_steps(fast, 100) == [k + 4 for k in (10, 12, 11)] and 0.5 < target < 3.0
+    assert claim_plateau_slow({"plateau": {"normal_1": slow, "xavier": fast}}).verdict == "supported"
+    barely = [RunResult({}, [], {}, {"step_loss": curve(k)}) for k in (13, 14, 12)]  # 1-3 steps later, LATER is 10
+    assert claim_plateau_slow({"plateau": {"normal_1": barely, "xavier": fast}}).verdict == "refuted"
+
+
 @pytest.mark.slow
 def test_on_three_seeds_zero_init_keeps_units_identical_and_a_second_run_computes_nothing(tmp_path, monkeypatch):
     init = STUDIES["init_activations"]
@@ -87,13 +123,14 @@ def test_on_three_seeds_zero_init_keeps_units_identical_and_a_second_run_compute
     assert claims["zeros"].numbers["units stay identical: ci_high"] < 1e-6
     # N(0, 1) weights saturate a deep sigmoid stack from the first layer on.
     assert claims["normal_sigmoid"].verdict == "supported"
-    assert outcome.runs_trained == 3 * (len(INITS) + 2)
+    assert outcome.runs_trained == 3 * (len(SPECS) + 2 + 2)  # the inits, two shallow arms, two plateau arms
     assert outcome.figures and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
 
     monkeypatch.setattr(study, "first_layer_gradients", lambda *a: pytest.fail("gradients computed again"))
+    monkeypatch.setattr(study, "gradient_flow", lambda *a: pytest.fail("gradient flow computed again"))
     assert_rerun_is_cached(init, outcome, monkeypatch, study,
-                           "forward_stats", 3 * (len(INITS) + 2), budget=budget, out=tmp_path)
+                           "forward_stats", 3 * (len(SPECS) + 2 + 2), budget=budget, out=tmp_path)
     # The new claims read the runs and the gradient experiment.
     results = init.measure(make_context(init, mode="smoke", budget=budget, out=tmp_path))
     shortfall = np.subtract(finals(results["runs"]["shallow he"], "test_acc"),
@@ -103,3 +140,19 @@ def test_on_three_seeds_zero_init_keeps_units_identical_and_a_second_run_compute
     growth = gradient_growth(results["gradients"]["normal_1"])
     assert claims["large_explodes"].numbers["grows with depth: mean"] == pytest.approx(np.mean(growth))
     assert np.mean(growth) > EXPLODES  # N(0, 1) over 4 layers of 100 ReLUs: about 7x per layer
+    runs, flow = results["runs"], results["flow"]
+    assert claims["uniform_worse"].numbers["he: U(-1, 1) mean"] == pytest.approx(np.mean(finals(runs["uniform_1"],
+                                                                                              "test_acc")))
+    assert claims["xavier_he_close"].numbers[f"below {SIMILAR:g}: mean"] == pytest.approx(
+        np.mean(np.subtract(finals(runs["he"], "test_acc"), finals(runs["xavier"], "test_acc"))))
+    total = max(len(r.extras["step_loss"]) for rs in results["plateau"].values() for r in rs)
+    assert claims["plateau_slow"].numbers["N(0, 1) mean"] == pytest.approx(
+        np.mean(plateau_steps(results["plateau"]["normal_1"], total)))
+    assert claims["good_init_starts_lower"].numbers["he: N(0, 1) mean"] == pytest.approx(
+        np.mean([f["start_loss"] for f in flow["relu"]["normal_1"]]))
+    assert claims["init_balances_gradients"].numbers["tanh: normal_1 far from 1: mean"] == pytest.approx(
+        np.mean([abs(f["log_ratio"]) for f in flow["tanh"]["normal_1"]]))
+    assert claims["uniform_uneven_units"].numbers["tanh: U(-1, 1) mean"] == pytest.approx(
+        np.mean([f["unit_spread"] for f in flow["tanh"]["uniform_1"]]))
+    assert claims["tanh_saturates"].numbers["mean"] == pytest.approx(
+        np.mean([np.mean(s["ends"]) for s in results["forward"]["tanh"]["normal_1"]]))

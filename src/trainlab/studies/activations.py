@@ -21,6 +21,10 @@ see the same batches. With positive inputs, every weight into a unit has a gradi
 h > 0), so the updates of a row move together and zig-zag (LeCun et al., "Efficient BackProp", 1998). The positive
 mean also shifts the first logits, so the sigmoid net starts from a higher loss; the measure counts both.
 
+Nonlinearity part: the main tanh net trained again with every tanh replaced by the identity (``LinearNet``, from
+the same Xavier weights, which keep a linear stack's scale), so the network is a linear model; its test accuracy
+against the main ReLU net's.
+
 Definitions fixed before measuring:
 
 - *dead unit*: a unit whose activation slope |f'(z)| is below ``SLOPE_EPS`` for every sample of the probe batch:
@@ -42,6 +46,8 @@ Definitions fixed before measuring:
   ``bench_sizes[1]`` (16 MiB) is measured too and shown: there memory traffic dominates and the cost of exp can
   vanish. The table also gives each run's wall time per
   training step (diagnostics included), where at width 64 the Python overhead of a step hides the activation.
+- *much better* (nonlinearity): a final test accuracy higher by at least ``NONLINEAR_GAIN`` (10 points), paired by
+  seed.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ BENCH_VERSION = 1  # bump when the benchmark changes, so cached timings are reme
 COSTLIER = 1.1  # time ratio to ReLU from which an activation "costs more"
 SLOWER_LOSS = 0.02  # nats of mean training loss (about 1% of ln 10) from which one net learns slower
 CENTRED_VERSION = 1  # bump when the centred-sigmoid runs change, so their cached results are recomputed
+LINEAR_VERSION = 1  # the same for the linear (identity activation) runs
+NONLINEAR_GAIN = 0.10  # test accuracy (10 points) by which the nonlinear net does "much better" than the linear one
 
 
 @dataclass(frozen=True)
@@ -162,23 +170,46 @@ class CentredSigmoid(nn.Module):
         return torch.sigmoid(x) - 0.5
 
 
-class CentreSigmoids(Callback):
-    """At fit start, puts a ``CentredSigmoid`` in place of every ``nn.Sigmoid`` of the model; activations have no
+class SwapActivations(Callback):
+    """At fit start, puts ``make()`` in place of every module of type ``kind`` in the model; activations have no
     parameters, so the optimizer built before and the initial weights stay as they are."""
+
+    def __init__(self, kind: type[nn.Module], make: Any):
+        self.kind, self.make = kind, make
 
     def on_fit_start(self, trainer: Any) -> None:
         for module in list(trainer.model.modules()):
             for name, child in module.named_children():
-                if isinstance(child, nn.Sigmoid):
-                    setattr(module, name, CentredSigmoid())
+                if isinstance(child, self.kind):
+                    setattr(module, name, self.make())
+
+
+class CentreSigmoids(SwapActivations):
+    """At fit start, puts a ``CentredSigmoid`` in place of every ``nn.Sigmoid`` of the model."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Sigmoid, CentredSigmoid)
+
+
+class LinearNet(SwapActivations):
+    """At fit start, puts the identity in place of every ``nn.Tanh``: the network becomes a product of affine
+    maps, from the weights tanh's ``auto`` init (Xavier, the init that keeps a linear stack's scale) drew."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Tanh, nn.Identity)
+
+
+def swapped_run(config: Any, swap: Callback) -> dict[str, Any]:
+    """Train ``config`` with ``swap`` changing its activations at fit start; its step losses and final metrics."""
+    from trainlab.runs import train
+
+    result = train(config, callbacks=[swap, StepLoss()])
+    return {"step_loss": np.asarray(result.extras["step_loss"]), "final": result.final}
 
 
 def centred_run(config: Any) -> dict[str, Any]:
     """Train ``config`` (a sigmoid MLP) with its sigmoids centred; its step losses and final metrics."""
-    from trainlab.runs import train
-
-    result = train(config, callbacks=[CentreSigmoids(), StepLoss()])
-    return {"step_loss": np.asarray(result.extras["step_loss"]), "final": result.final}
+    return swapped_run(config, CentreSigmoids())
 
 
 def mean_loss(step_loss: Any) -> float:
@@ -279,6 +310,11 @@ def claim_positive_slow(r: dict[str, Any]) -> ClaimResult:
                           ("sigmoid", "sigmoid - 1/2"), min_effect=SLOWER_LOSS)
 
 
+def claim_nonlinearity(r: dict[str, Any]) -> ClaimResult:
+    return compare_result(finals(r["runs"]["relu"], "test_acc"), r["linear"], "greater",
+                          "final test accuracy of the deep MLP", ("relu", "identity"), min_effect=NONLINEAR_GAIN)
+
+
 def claim_relu_first(r: dict[str, Any]) -> ClaimResult:
     steps = r["steps"]
     return joint({other: compare_result(steps["relu"], steps[other], "less", "steps to the target loss",
@@ -310,6 +346,9 @@ CLAIMS = (
     Claim("relu_first", "Start with ReLU: a deep network with ReLU converges faster than with sigmoid or tanh.",
           claim_relu_first),
     Claim("leaky_elu_dead", "Leaky ReLU and ELU fix dead ReLUs: fewer of their units die.", claim_dead),
+    Claim("nonlinearity_needed", "The nonlinearity is what lets the network learn complex patterns: the same deep "
+                                 "MLP learns MNIST-1D much better with ReLU than with the identity (a linear "
+                                 "model).", claim_nonlinearity),
 )
 
 
@@ -357,7 +396,20 @@ class Activations(Study[ActivationBudget]):
                                      b.target_fraction * run.extras["chance_loss"], total) for run in rs]
                  for a, rs in runs.items()}
         return {"runs": runs, "dead_runs": dict(zip(DEAD_ARMS, dead_runs.values())), "bench": bench,
-                "steps": steps, "total_steps": total, "centring": centring}
+                "steps": steps, "total_steps": total, "centring": centring, "linear": self.linear(ctx)}
+
+    def linear(self, ctx: StudyContext[ActivationBudget]) -> list[float]:
+        """Per seed, the final test accuracy of the main tanh net trained with its tanh replaced by the identity
+        (``LinearNet``): the same MLP, batches and lr, without a nonlinearity."""
+        base, out = self.base_config(ctx.budget), []
+        with ctx.task(f"{self.name} · identity", len(ctx.seeds)) as advance:
+            for seed in ctx.seeds:
+                config = ctx.run_config(base, {"model.activation": "tanh"}, seed)
+                params = {"config": config.model_dump(mode="json"), "version": LINEAR_VERSION}
+                found = ctx.cached("linear", params, lambda c=config: swapped_run(c, LinearNet()))
+                out.append(float(found["final"]["test_acc"]))
+                advance()
+        return out
 
     def centring(self, ctx: StudyContext[ActivationBudget]) -> dict[str, Any]:
         """The shallow sigmoid net trained as it is and with its sigmoids centred: per seed, the mean training
@@ -457,7 +509,11 @@ def _tables(results: dict[str, Any], b: ActivationBudget) -> list[Table]:
                      ["activation", "mean training loss over the run", "final training loss (moving average)"],
                      [[name, mean_finite([np.mean(x) for x in curves]), mean_finite([x[-1] for x in curves])]
                       for name, curves in c["curves"].items()])
-    return [main, dead, centring]
+    linear = Table("ReLU against the identity (a linear net), same MLP (means over seeds)",
+                   ["activation", "final test accuracy"],
+                   [["relu", mean_finite(finals(runs["relu"], "test_acc"))],
+                    ["identity", mean_finite(results["linear"])]])
+    return [main, dead, centring, linear]
 
 
 def _bench_figure(bench: list[dict[str, Any]], sizes: tuple[int, ...]) -> Any:

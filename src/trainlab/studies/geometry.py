@@ -37,7 +37,8 @@ Definitions fixed before measuring:
   variation distance of at most ``ALIKE_TV`` more, for the worst activation. (Deep sigmoid layers of two draws of the
   *same* init differ by about 0.2: each unit's offset is random. A bare distance threshold would measure that.)
   An *even* distribution: every layer's total variation distance from the flat histogram over the output range is
-  below ``EVEN_TV``. A *growing* range: the activation std grows by more than ``GROWS``x per layer (geometric mean).
+  below ``EVEN_TV``. A *growing* range: the activation std grows by more than ``GROWS``x per layer (geometric mean);
+  one *leaning to 0*: it shrinks by more than ``GROWS``x per layer.
 """
 
 from __future__ import annotations
@@ -471,6 +472,24 @@ def claim_uniform_range_grows(r: dict[str, Any]) -> ClaimResult:
                             "growth of the ReLU activation std per layer (geometric mean), U(-1, 1)")
 
 
+def claim_small_inits_uneven(r: dict[str, Any]) -> ClaimResult:
+    """Keras's small defaults N(0, 0.05²) and U(±0.05): more spread than zeros in every layer, but with sigmoid
+    (U) no layer near flat (distance above ``EVEN_TV``), and with ReLU (both) a std that shrinks by more than
+    ``GROWS``x per layer (geometric mean), toward 0."""
+    forward = r["forward"]
+    parts = {"sigmoid U(±0.05) spread": threshold_result(
+        [float(np.min(s["uniform/std"] - s["zeros/std"])) for s in forward["sigmoid"]], ">", 0.0,
+        "smallest sigmoid layer std above zeros', U(±0.05)"),
+        "sigmoid U(±0.05) uneven": threshold_result([float(s["uniform/uneven"].min()) for s in forward["sigmoid"]],
+                                                    ">", EVEN_TV, "smallest distance of a sigmoid layer's histogram "
+                                                                  "from the flat one, U(±0.05)")}
+    for init in ("normal", "uniform"):
+        parts[f"ReLU {LABELS[init]} shrinks"] = threshold_result(
+            [growth(s[f"{init}/std"]) for s in forward["relu"]], "<", 1 / GROWS,
+            f"growth of the ReLU activation std per layer (geometric mean), {LABELS[init]}")
+    return joint(parts)
+
+
 CLAIMS = (
     Claim("l1_zero_l2_shrinks", "As the penalty grows, the L1 optimum sets a weight exactly to 0 at a finite "
                                 "penalty while its L1 norm only shrinks; the L2 optimum only shrinks both weights "
@@ -485,6 +504,10 @@ CLAIMS = (
                                    "activations evenly in every layer.", claim_he_notes_sigmoid_even),
     Claim("uniform_range_grows", "With a uniform initialization U(-1, 1), the layers' output range keeps growing "
                                  "with depth.", claim_uniform_range_grows),
+    Claim("small_inits_uneven", "Small normal and uniform initializations (Keras's N(0, 0.05²), U(±0.05)) spread "
+                                "the activations more than zeros, but unevenly: with sigmoid no layer is near "
+                                "flat, and with ReLU the spread shrinks toward 0 layer by layer.",
+          claim_small_inits_uneven),
 )
 
 

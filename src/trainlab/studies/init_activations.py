@@ -5,8 +5,9 @@ Forward-only part: a stack of ``layers`` dense layers of ``width`` units on stan
 recording every layer's activation histogram, std, saturated fraction and dead units with
 ``diagnostics.probe_forward``. Gradient part: ReLU stacks of 1 to ``layers`` hidden layers, from N(0, 1) and from
 He, on the same input with random labels; the gradient of the cross-entropy with respect to the first weight matrix
-(its RMS, as log10). Training part: a deep ReLU MLP on MNIST-1D per init (loss curves), and a shallow one
-(``shallow_depth`` hidden layers) from N(0, 0.01²) and from He.
+(its RMS, as log10). Training part: a deep ReLU MLP on MNIST-1D per init, U(-1, 1) included (loss curves), a
+shallow one (``shallow_depth`` hidden layers) from N(0, 0.01²) and from He, and a ``PLATEAU_DEPTH``-layer sigmoid
+MLP from N(0, 1) and from Xavier with every step's loss.
 
 Definitions the claims use, fixed before measuring: a layer has *collapsed* when its std is below 5% of the
 activation's output range; *at the ends* means within 10% of the range of a bound (a uniform spread puts 20% there);
@@ -16,10 +17,26 @@ Small weights *work* in a net when its final test accuracy from N(0, 0.01²) fal
 ``SHORTFALL`` (5 points), and fail when it falls short by more. Gradients *explode* with depth when the first
 layer's gradient RMS of the deepest stack is more than ``EXPLODES`` decades (10x) above that of a one-layer stack,
 and grows by that much more than from He.
+
+Gradient-flow part (``gradient_flow``): stacks of ``layers`` hidden layers (ReLU and tanh) per init, U(-1, 1)
+included, on the same random-label input: log10 of the first over the last hidden weight matrix's gradient RMS
+(both width x width: the output layer's would differ by its shape alone), the
+cross-entropy at initialization, and the spread over the first layer's units of log10 of their gradient norms.
+A gradient ratio is *near 1* within ``NEAR_ONE`` decades (about 3x) and *far from 1* beyond ``FAR_FROM_ONE``; a
+*lower starting loss* is lower by at least ``LOWER_START`` nats; units learn *unevenly* when the spread of their
+gradients exceeds the suitable init's by ``UNEVEN_UNITS`` decades. Xavier and He *differ little* when the paired
+difference of their test accuracies lies within ``SIMILAR`` (the ``SHORTFALL`` that counts as "works"). A net
+started *in a plateau* (a ``PLATEAU_DEPTH``-layer sigmoid MLP from N(0, 1), saturated) *trains slower* when it
+reaches ``PLATEAU_TARGET`` x ln(10) (the chance loss of the study's 10-class data, a loss only a net that has left
+the plateau reaches) later than from Xavier by at least ``LATER`` of a full run's steps; U(-1, 1) *trains worse*
+when its test accuracy falls short of Xavier's and of He's by more than ``SHORTFALL``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +52,7 @@ from trainlab.figures import curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)
-from trainlab.studies.measures import mean_finite
+from trainlab.studies.measures import StepLoss, mean_finite, smoothed_loss, steps_to_target
 
 INITS: dict[str, Any] = {
     "zeros": "zeros",
@@ -46,7 +63,7 @@ INITS: dict[str, Any] = {
     "he_notes": {"name": "variance_scaling", "scale": 4.0, "mode": "fan_in", "distribution": "normal"},
 }
 LABELS = {"zeros": "zeros", "normal_1": "N(0, 1)", "normal_0.01": "N(0, 0.01²)", "xavier": "Xavier",
-          "he": "He √(2/n)", "he_notes": "notes' He 2/√n"}
+          "he": "He √(2/n)", "he_notes": "notes' He 2/√n", "uniform_1": "U(-1, 1)"}
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 COLLAPSED = 0.05  # std below this share of the output range
@@ -58,6 +75,20 @@ GRADIENT_INITS = ("normal_1", "he")
 CLASSES = 10  # random labels of the gradient experiment
 SHORTFALL = 0.05  # test accuracy below He's that still counts as "works"
 EXPLODES = 1.0  # decades of first-layer gradient growth from 1 to ``layers`` hidden layers
+UNIFORM = {"name": "uniform", "a": 1.0}  # the notes' "uniform" init at a common half-width: U(-1, 1)
+SPECS: dict[str, Any] = {**INITS, "uniform_1": UNIFORM}  # every init of the study, by name
+FLOW_VERSION = 1  # bump when the gradient-flow experiment changes
+FLOW_INITS = ("xavier", "he", "normal_1", "normal_0.01", "uniform_1")
+SUITABLE = {"relu": "he", "tanh": "xavier"}  # the gradient-flow activations, each with its suitable init
+NEAR_ONE = 0.5  # decades: a first / last hidden layer gradient ratio within this of 1 is "near 1"
+FAR_FROM_ONE = 1.0  # decades: beyond this it is "far from 1"
+LOWER_START = 0.1 * math.log(10)  # nats (10% of the chance loss) by which a good init starts lower
+UNEVEN_UNITS = 0.25  # decades of per-unit gradient spread above the suitable init's: "some units learn, some not"
+SIMILAR = SHORTFALL  # test accuracies within this of each other "differ little"
+PLATEAU_DEPTH = 3  # hidden layers of the sigmoid net started in a plateau
+PLATEAU_LR = 0.05  # momentum SGD for the plateau arms: the activations study's rate for its 3-layer sigmoid net
+PLATEAU_TARGET = 0.9  # x ln(10): the training loss (moving average per step) that marks leaving the plateau
+LATER = 0.1  # share of a full run's steps by which the plateau start reaches the target later
 
 
 @dataclass(frozen=True)
@@ -70,22 +101,29 @@ class InitBudget(Budget):
     shallow_depth: int = 1  # hidden layers of the shallow trained MLP
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run on one thread: ops this small run fastest there (and many times slower when threads compete for busy
+    cores); the thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def forward_stats(activation: str, init: str, seed: int, budget: InitBudget) -> dict[str, Any]:
     """Per-layer statistics of randomly initialized stacks on N(0, 1) input, averaged over ``budget.networks``
     networks drawn from ``seed`` (the histogram is the first network's)."""
     generator = torch.Generator().manual_seed(seed)
     spec = MLP(depth=budget.layers, width=budget.width, activation=activation, init=INITS[init])
     rows = []
-    threads = torch.get_num_threads()
-    # Ops this small run fastest on one thread (and many times slower when threads compete for busy cores).
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for _ in range(budget.networks):
             model = spec.build((budget.width,), 1, generator)
             x = torch.randn(budget.samples, budget.width, generator=generator)
             rows.append(list(probe_forward(model, x).values()))
-    finally:
-        torch.set_num_threads(threads)
     first = rows[0]
     nan = float("nan")
 
@@ -108,24 +146,50 @@ def first_layer_gradients(init: str, seed: int, budget: InitBudget) -> dict[str,
     (``log_grad[depth - 1]``), each the mean over ``budget.networks`` networks drawn from ``seed``: the gradient of
     the cross-entropy on N(0, 1) input with random labels over ``CLASSES`` classes."""
     generator = torch.Generator().manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = []
+    out = []
+    with one_thread():
         for depth in range(1, budget.layers + 1):
             spec = MLP(depth=depth, width=budget.width, activation="relu", init=INITS[init])
             logs = []
             for _ in range(budget.networks):
-                model = spec.build((budget.width,), CLASSES, generator)
-                x = torch.randn(budget.samples, budget.width, generator=generator)
-                y = torch.randint(0, CLASSES, (budget.samples,), generator=generator)
+                model, x, y = _random_task(spec, generator, budget)
                 first = next(m.weight for m in model.modules() if isinstance(m, nn.Linear))
                 (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), first)
                 logs.append(float(grad.double().square().mean().sqrt().log10()))
             out.append(float(np.mean(logs)))
-    finally:
-        torch.set_num_threads(threads)
     return {"log_grad": np.array(out)}
+
+
+def _random_task(spec: MLP, generator: torch.Generator, budget: InitBudget) -> tuple[nn.Module, Any, Any]:
+    """A network drawn from ``spec``, standard-normal input and random labels over ``CLASSES`` classes."""
+    model = spec.build((budget.width,), CLASSES, generator)
+    x = torch.randn(budget.samples, budget.width, generator=generator)
+    y = torch.randint(0, CLASSES, (budget.samples,), generator=generator)
+    return model, x, y
+
+
+def gradient_flow(activation: str, init: str, seed: int, budget: InitBudget) -> dict[str, float]:
+    """For a stack of ``budget.layers`` hidden layers (``activation``, ``init``) on the random-label task, means
+    over ``budget.networks`` networks drawn from ``seed``: ``log_ratio``, log10 of the first over the last hidden
+    weight matrix's gradient RMS; ``start_loss``, the cross-entropy at initialization; ``unit_spread``, the std over the
+    first layer's units of log10 of their gradient norms (units with no gradient left out)."""
+    generator = torch.Generator().manual_seed(seed)
+    spec = MLP(depth=budget.layers, width=budget.width, activation=activation, init=SPECS[init])
+    rows = []
+    with one_thread():
+        for _ in range(budget.networks):
+            model, x, y = _random_task(spec, generator, budget)
+            weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+            loss = nn.functional.cross_entropy(model(x), y)
+            grads = [g.double() for g in torch.autograd.grad(loss, weights)]
+            rms = [float(g.square().mean().sqrt()) for g in grads]
+            units = grads[0].norm(dim=1)
+            units = units[units > 0].log10()
+            # The last hidden layer, not the output layer: its 10 rows would differ in scale by shape alone.
+            rows.append([math.log10(rms[0] / rms[-2]) if rms[-2] > 0 and rms[0] > 0 else math.nan,
+                         float(loss.detach()), float(units.std()) if units.numel() > 1 else math.nan])
+    ratio, start, spread = np.nanmean(np.array(rows, dtype=float), axis=0)
+    return {"log_ratio": float(ratio), "start_loss": float(start), "unit_spread": float(spread)}
 
 
 def ends_share(hist: np.ndarray) -> float:
@@ -247,6 +311,73 @@ def claim_large_explodes(r: dict[str, Any]) -> ClaimResult:
     })
 
 
+def claim_tanh_saturates(r: dict[str, Any]) -> ClaimResult:
+    ends = [float(np.mean(s["ends"])) for s in r["forward"]["tanh"]["normal_1"]]
+    return threshold_result(ends, ">", 0.5, f"share of tanh activations within {ENDS} of -1 or 1 (all layers)")
+
+
+def claim_xavier_he_close(r: dict[str, Any]) -> ClaimResult:
+    runs, depth = r["runs"], r["depths"]["deep"]
+    diff = [h - x for h, x in zip(finals(runs["he"], "test_acc"), finals(runs["xavier"], "test_acc"))]
+    what = f"final test accuracy, He - Xavier, {depth} hidden layers"
+    return joint({f"above -{SIMILAR:g}": threshold_result(diff, ">", -SIMILAR, what),
+                  f"below {SIMILAR:g}": threshold_result(diff, "<", SIMILAR, what)})
+
+
+def claim_uniform_worse(r: dict[str, Any]) -> ClaimResult:
+    runs, depth = r["runs"], r["depths"]["deep"]
+    uniform = finals(runs["uniform_1"], "test_acc")
+    return joint({other: compare_result(uniform, finals(runs[other], "test_acc"), "less",
+                                        f"final test accuracy, {depth} hidden layers", ("U(-1, 1)", LABELS[other]),
+                                        min_effect=SHORTFALL) for other in ("xavier", "he")})
+
+
+def plateau_steps(runs: list[Any], total: int) -> list[int]:
+    """Per run, the steps until the moving-average step loss reaches ``PLATEAU_TARGET`` x ln(10) (a miss counts
+    ``total + 1``, ``measures.steps_to_target``)."""
+    return [steps_to_target(smoothed_loss(run.extras["step_loss"]), PLATEAU_TARGET * math.log(10), total)
+            for run in runs]
+
+
+def claim_plateau_slow(r: dict[str, Any]) -> ClaimResult:
+    plateau = r["plateau"]
+    total = max(len(run.extras["step_loss"]) for runs in plateau.values() for run in runs)
+    return compare_result(plateau_steps(plateau["normal_1"], total), plateau_steps(plateau["xavier"], total),
+                          "greater", f"steps to a training loss of {PLATEAU_TARGET:g} ln(10), sigmoid, "
+                                     f"{PLATEAU_DEPTH} hidden layers", ("N(0, 1)", "Xavier"),
+                          min_effect=LATER * total)
+
+
+def _flow(r: dict[str, Any], act: str, init: str, key: str) -> list[float]:
+    return [s[key] for s in r["flow"][act][init]]
+
+
+def claim_init_balances_gradients(r: dict[str, Any]) -> ClaimResult:
+    what = "|log10(first / last layer gradient RMS)|"
+    parts = {}
+    for act, suitable in SUITABLE.items():
+        parts[f"{act}: {suitable} near 1"] = threshold_result(np.abs(_flow(r, act, suitable, "log_ratio")), "<",
+                                                              NEAR_ONE, f"{what}, {act}, {LABELS[suitable]}")
+        for bad in ("normal_1", "normal_0.01"):
+            parts[f"{act}: {bad} far from 1"] = threshold_result(np.abs(_flow(r, act, bad, "log_ratio")), ">",
+                                                                 FAR_FROM_ONE, f"{what}, {act}, {LABELS[bad]}")
+    return joint(parts)
+
+
+def claim_good_init_starts_lower(r: dict[str, Any]) -> ClaimResult:
+    large = _flow(r, "relu", "normal_1", "start_loss")
+    return joint({good: compare_result(_flow(r, "relu", good, "start_loss"), large, "less",
+                                       "cross-entropy at initialization, ReLU stack", (LABELS[good], "N(0, 1)"),
+                                       min_effect=LOWER_START) for good in ("xavier", "he")})
+
+
+def claim_uniform_uneven_units(r: dict[str, Any]) -> ClaimResult:
+    what = "std over first-layer units of log10 gradient norm"
+    return joint({act: compare_result(_flow(r, act, "uniform_1", "unit_spread"), _flow(r, act, good, "unit_spread"),
+                                      "greater", f"{what}, {act}", ("U(-1, 1)", LABELS[good]), paired=False,
+                                      min_effect=UNEVEN_UNITS) for act, good in SUITABLE.items()})
+
+
 CLAIMS = (
     Claim("zeros", "Initializing every weight to zero keeps the units of a layer identical, so the network learns "
                    "nothing.", claim_zeros),
@@ -268,6 +399,23 @@ CLAIMS = (
     Claim("large_explodes", "In deep networks large weights (N(0, 1)) make the gradients explode: the first "
                             "layer's gradient grows by orders of magnitude with depth, far more than from He.",
           claim_large_explodes),
+    Claim("tanh_saturates", "With weights from N(0, 1), the activations of a deep tanh network pile up at -1 and "
+                            "1.", claim_tanh_saturates),
+    Claim("xavier_he_close", "Xavier and He differ little in practice: the deep ReLU network's test accuracies "
+                             "from the two lie within 5 points.", claim_xavier_he_close),
+    Claim("uniform_worse", "A uniform initialization at a common range, U(-1, 1), trains worse than Xavier and He "
+                           "(lower test accuracy of the deep ReLU network).", claim_uniform_worse),
+    Claim("plateau_slow", "A network started in a plateau trains slowly: a sigmoid network from N(0, 1) "
+                          "(saturated) reaches a target training loss later than from Xavier.", claim_plateau_slow),
+    Claim("init_balances_gradients", "A suitable initialization prevents vanishing and exploding gradients: the "
+                                     "first-to-last layer gradient ratio of a deep network is near 1 from He "
+                                     "(ReLU) or Xavier (tanh), and far from 1 from N(0, 1) or N(0, 0.01²).",
+          claim_init_balances_gradients),
+    Claim("good_init_starts_lower", "A correct initialization starts from a lower loss: Xavier and He start a deep "
+                                    "ReLU network at a lower loss than N(0, 1).", claim_good_init_starts_lower),
+    Claim("uniform_uneven_units", "From U(-1, 1) some units learn and others do not: the gradient norms of the "
+                                  "first layer's units spread more than from the suitable init (ReLU: He, tanh: "
+                                  "Xavier).", claim_uniform_uneven_units),
 )
 
 
@@ -311,12 +459,37 @@ class InitActivations(Study[InitBudget]):
                     gradients[init].append(ctx.cached("gradients", params,
                                                       lambda i=init, s=seed: first_layer_gradients(i, s, b)))
                     advance()
-        arms = {init: {"model.init": spec} for init, spec in INITS.items()}
+        arms = {init: {"model.init": spec} for init, spec in SPECS.items()}
         arms.update({f"shallow {init}": {"model.init": INITS[init], "model.depth": b.shallow_depth}
                      for init in ("normal_0.01", "he")})
         runs = ctx.train_arms(self.base_config(b), arms, callbacks_factory=lambda arm, seed: [SymmetryProbe()])
-        return {"forward": forward, "runs": runs, "gradients": gradients,
-                "depths": {"shallow": b.shallow_depth, "deep": b.train_depth}}
+        return {"forward": forward, "runs": runs, "gradients": gradients, "flow": self.flow(ctx),
+                "plateau": self.plateau(ctx), "depths": {"shallow": b.shallow_depth, "deep": b.train_depth}}
+
+    def flow(self, ctx: StudyContext[InitBudget]) -> dict[str, dict[str, list[dict[str, float]]]]:
+        """``gradient_flow`` per activation of ``SUITABLE``, init of ``FLOW_INITS`` and seed (cached)."""
+        b = ctx.budget
+        flow: dict[str, dict[str, list[dict[str, float]]]] = {act: {} for act in SUITABLE}
+        with ctx.task(f"{self.name} · gradient flow", len(SUITABLE) * len(FLOW_INITS) * len(ctx.seeds)) as advance:
+            for act in SUITABLE:
+                for init in FLOW_INITS:
+                    flow[act][init] = []
+                    for seed in ctx.seeds:
+                        params = {"activation": act, "init": SPECS[init], "seed": seed, "layers": b.layers,
+                                  "width": b.width, "samples": b.samples, "networks": b.networks,
+                                  "version": FLOW_VERSION}
+                        flow[act][init].append(ctx.cached(
+                            "flow", params, lambda a=act, i=init, s=seed: gradient_flow(a, i, s, b)))
+                        advance()
+        return flow
+
+    def plateau(self, ctx: StudyContext[InitBudget]) -> dict[str, list[Any]]:
+        """The ``PLATEAU_DEPTH``-layer sigmoid net from N(0, 1) and from Xavier, with every step's loss."""
+        arms = {f"sigmoid {init}": {"model.activation": "sigmoid", "model.depth": PLATEAU_DEPTH,
+                                    "model.init": INITS[init], "optimizer.lr": PLATEAU_LR}
+                for init in ("normal_1", "xavier")}
+        runs = ctx.train_arms(self.base_config(ctx.budget), arms, callbacks_factory=lambda arm, seed: [StepLoss()])
+        return {arm.removeprefix("sigmoid "): rs for arm, rs in runs.items()}
 
     def present(self, results: dict[str, Any], ctx: StudyContext[InitBudget]) -> tuple[list[FigureRef], list[Table]]:
         forward, runs = results["forward"], results["runs"]
@@ -328,7 +501,7 @@ class InitActivations(Study[InitBudget]):
         figures.append(ctx.figure(_per_layer(forward, "saturated", acts=("sigmoid", "tanh")), "saturated_per_layer",
                                   "Share of saturated activations (within 2% of a bound) per layer."))
         fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        deep = {a: rs for a, rs in runs.items() if a in INITS}
+        deep = {a: rs for a, rs in runs.items() if a in SPECS}
         curves_figure({LABELS[a]: series(rs, "train_loss") for a, rs in deep.items()}, title="training loss",
                       xlabel="epoch", ylabel="loss", ax=axes[0])
         curves_figure({LABELS[a]: series(rs, "val_acc") for a, rs in deep.items()}, title="validation accuracy",
@@ -362,7 +535,25 @@ class InitActivations(Study[InitBudget]):
                       for a, rs in runs.items()]
         train_table = Table("Training (means over seeds)",
                             ["init", "val loss", "val acc", "test acc", "epochs run", "stopped"], train_rows)
-        return figures, [forward_table, train_table]
+        return figures, [forward_table, train_table, *_flow_tables(results, ctx.budget)]
+
+
+def _flow_tables(results: dict[str, Any], b: InitBudget) -> list[Table]:
+    """The gradient-flow experiment and the plateau arms, as tables (means over seeds)."""
+    flow = results["flow"]
+    rows = [[act, LABELS[init], *(mean_finite([f[k] for f in flow[act][init]])
+                                  for k in ("log_ratio", "start_loss", "unit_spread"))]
+            for act in flow for init in flow[act]]
+    flow_table = Table(f"Gradient flow at initialization: {b.layers} hidden layers of {b.width} units, random labels "
+                       "(means over seeds)", ["activation", "init", "log10 first / last hidden gradient RMS",
+                                              "starting loss", "spread of unit gradients (decades)"], rows)
+    plateau = results["plateau"]
+    total = max(len(run.extras["step_loss"]) for runs in plateau.values() for run in runs)
+    plateau_table = Table(f"Sigmoid, {PLATEAU_DEPTH} hidden layers, momentum SGD at lr {PLATEAU_LR:g} (means over "
+                          "seeds)", ["init", f"steps to {PLATEAU_TARGET:g} ln(10) (of {total})", "final train loss"],
+                          [[LABELS[init], mean_finite(plateau_steps(runs, total)),
+                            mean_finite(finals(runs, "train_loss"))] for init, runs in plateau.items()])
+    return [flow_table, plateau_table]
 
 
 def _gradient_figure(gradients: dict[str, list[dict[str, Any]]]) -> Any:
