@@ -35,7 +35,7 @@ when its test accuracy falls short of Xavier's and of He's by more than ``SHORTF
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -437,19 +437,8 @@ class InitActivations(Study[InitBudget]):
 
     def measure(self, ctx: StudyContext[InitBudget]) -> dict[str, Any]:
         b = ctx.budget
-        forward: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        with ctx.task(f"{self.name} · forward", len(ACTIVATIONS) * len(INITS) * len(ctx.seeds)) as advance:
-            for act in ACTIVATIONS:
-                forward[act] = {}
-                for init in INITS:
-                    forward[act][init] = []
-                    for seed in ctx.seeds:
-                        params = {"activation": act, "init": INITS[init], "seed": seed, "layers": b.layers,
-                                  "width": b.width, "samples": b.samples, "networks": b.networks,
-                                  "version": FORWARD_VERSION}
-                        forward[act][init].append(
-                            ctx.cached("forward", params, lambda a=act, i=init, s=seed: forward_stats(a, i, s, b)))
-                        advance()
+        forward = per_activation_and_init(ctx, "forward", "forward", ACTIVATIONS, INITS, FORWARD_VERSION,
+                                          forward_stats)
         gradients: dict[str, list[dict[str, Any]]] = {init: [] for init in GRADIENT_INITS}
         with ctx.task(f"{self.name} · gradients", len(GRADIENT_INITS) * len(ctx.seeds)) as advance:
             for init in GRADIENT_INITS:
@@ -468,20 +457,8 @@ class InitActivations(Study[InitBudget]):
 
     def flow(self, ctx: StudyContext[InitBudget]) -> dict[str, dict[str, list[dict[str, float]]]]:
         """``gradient_flow`` per activation of ``SUITABLE``, init of ``FLOW_INITS`` and seed (cached)."""
-        b = ctx.budget
-        flow: dict[str, dict[str, list[dict[str, float]]]] = {act: {} for act in SUITABLE}
-        with ctx.task(f"{self.name} · gradient flow", len(SUITABLE) * len(FLOW_INITS) * len(ctx.seeds)) as advance:
-            for act in SUITABLE:
-                for init in FLOW_INITS:
-                    flow[act][init] = []
-                    for seed in ctx.seeds:
-                        params = {"activation": act, "init": SPECS[init], "seed": seed, "layers": b.layers,
-                                  "width": b.width, "samples": b.samples, "networks": b.networks,
-                                  "version": FLOW_VERSION}
-                        flow[act][init].append(ctx.cached(
-                            "flow", params, lambda a=act, i=init, s=seed: gradient_flow(a, i, s, b)))
-                        advance()
-        return flow
+        inits = {init: SPECS[init] for init in FLOW_INITS}
+        return per_activation_and_init(ctx, "flow", "gradient flow", SUITABLE, inits, FLOW_VERSION, gradient_flow)
 
     def plateau(self, ctx: StudyContext[InitBudget]) -> dict[str, list[Any]]:
         """The ``PLATEAU_DEPTH``-layer sigmoid net from N(0, 1) and from Xavier, with every step's loss."""
@@ -593,3 +570,25 @@ def _per_layer(forward: dict[str, Any], key: str, log: bool = False, acts: tuple
         curves_figure(curves, title=act, xlabel="layer", ylabel=key, logy=log, ax=ax)
     fig.tight_layout()
     return fig
+
+
+def per_activation_and_init(ctx: StudyContext[InitBudget], name: str, label: str, activations: Sequence[str],
+                            inits: Mapping[str, Any], version: int,
+                            compute: Callable[[str, str, int, InitBudget], dict[str, Any]]
+                            ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``{activation: {init: [compute(activation, init, seed, budget) per seed]}}``, each result cached under
+    ``name`` with ``inits[init]`` (the init's spec), the budget's network sizes and ``version`` in its key (a
+    progress bar labelled ``label``)."""
+    b = ctx.budget
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {act: {} for act in activations}
+    with ctx.task(f"{ctx.study} · {label}", len(activations) * len(inits) * len(ctx.seeds)) as advance:
+        for act in activations:
+            for init, spec in inits.items():
+                out[act][init] = []
+                for seed in ctx.seeds:
+                    params = {"activation": act, "init": spec, "seed": seed, "layers": b.layers, "width": b.width,
+                              "samples": b.samples, "networks": b.networks, "version": version}
+                    out[act][init].append(ctx.cached(name, params,
+                                                     lambda a=act, i=init, s=seed: compute(a, i, s, b)))
+                    advance()
+    return out
