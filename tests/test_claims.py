@@ -54,7 +54,8 @@ def test_the_inventory_covers_the_five_notes_numbered_in_order(inventory):
         assert [c.number for c in inventory if c.note == note] == list(range(1, sum(c.note == note
                                                                                     for c in inventory) + 1))
     tested, testable = coverage(inventory, STUDIES)
-    assert (tested, testable) == coverage(inventory) and 0 < tested < testable < len(inventory)
+    # Every testable row may be tested (issue 12 gave each a verdict); some rows are not testable.
+    assert (tested, testable) == coverage(inventory) and 0 < tested <= testable < len(inventory)
 
 
 def test_a_row_parses_into_its_claim():

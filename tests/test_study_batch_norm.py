@@ -5,13 +5,18 @@ import dataclasses
 import numpy as np
 import pytest
 
+import torch
+from torch import nn
+
 import trainlab.runs
 from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, make_context, run_study
 from trainlab.studies.base import finals
-from trainlab.studies.batch_norm import (BASE_LR, BETTER, acc_at, claim_high_lr, claim_init_scale, claim_less_dropout,
-                                         claim_placement, claim_regularizes, claim_speed, dropout_gain, init_scales,
-                                         shortfall, value_at_epoch)
+from trainlab.studies.batch_norm import (BASE_LR, BETTER, GRADIENT_DECADES, MIN_DRIFT, acc_at, claim_drift,
+                                         claim_gradient_flow, claim_high_lr, claim_init_scale, claim_less_dropout,
+                                         claim_placement, claim_regularizes, claim_speed, drift, dropout_gain,
+                                         gradient_decades, init_scales, layer_input_stats, run_drift, shortfall,
+                                         value_at_epoch)
 
 
 def _run(train_acc: list[float], final_train_acc: float = 0.9, test_acc: float = 0.4) -> RunResult:
@@ -90,6 +95,42 @@ def test_placement_and_dropout_claims_follow_the_numbers():
     assert found.verdict == "inconclusive" and found.parts["BN gains less"].verdict == "supported"
 
 
+def test_gradient_decades_compare_the_first_and_the_last_weight_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 2, (16,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    first, last = torch.autograd.grad(loss, [model[0].weight, model[2].weight])
+    expected = abs(np.log10(first.square().mean().sqrt().item() / last.square().mean().sqrt().item()))
+    assert gradient_decades(model, x, y) == pytest.approx(expected)
+
+
+def test_drift_is_the_change_of_the_hidden_units_mean_and_std_in_initial_stds():
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    x = torch.randn(64, 2)
+    stats = layer_input_stats(model, x)
+    assert [m.shape[0] for m, _ in stats] == [3, 2]  # the inputs of the 2nd and 3rd linear layers
+    hidden = torch.relu(model[0](x)).detach()
+    torch.testing.assert_close(stats[0][0], hidden.mean(0))
+    assert drift(stats, stats) == 0.0
+    shifted = [(m + 0.5 * s.mean(), s * 2) for m, s in stats]
+    expected = np.mean([0.5 + float(s.mean() / s.mean()) for _, s in stats])
+    assert drift(stats, shifted) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradient_flow_and_drift_claims_follow_the_numbers():
+    rng = np.random.default_rng(0)
+    even, steep = rng.uniform(0.1, 0.2, (4, 3)), rng.uniform(2.0, 3.0, (4, 3))
+    assert claim_gradient_flow({"gradient_decades": {"bn": even, "none": steep}}).verdict == "supported"
+    close = steep - GRADIENT_DECADES / 5 + rng.uniform(0, 0.01, (4, 3))
+    assert claim_gradient_flow({"gradient_decades": {"bn": close, "none": steep}}).verdict == "refuted"
+    noise = [0.01, -0.01, 0.005, 0.0]
+    r = {"drift": {"none": [4 * MIN_DRIFT + d for d in noise], "bn": [MIN_DRIFT / 2 + d for d in noise]}}
+    assert claim_drift(r).verdict == "supported"
+    r["drift"]["bn"] = r["drift"]["none"]
+    assert claim_drift(r).verdict == "refuted"
+
+
 @pytest.mark.slow
 def test_on_three_seeds_bn_trains_at_a_learning_rate_where_the_plain_net_fails(tmp_path, monkeypatch):
     bn = STUDIES["batch_norm"]
@@ -117,3 +158,10 @@ def test_on_three_seeds_bn_trains_at_a_learning_rate_where_the_plain_net_fails(t
     assert claims["bn_less_dropout"].numbers["BN gains less: BN mean"] == pytest.approx(
         np.mean(dropout_gain(results, "bn")))
     assert results["test_acc_dropout"]["none"] != results["test_acc_lr"]["none"][BASE_LR]
+    # Gradient flow is measured at init for every seed and scale; the drift from each reference run's checkpoint.
+    assert results["gradient_decades"]["none"].shape == (3, budget.scales)
+    assert claims["bn_gradient_flow"].numbers["no BN mean"] == pytest.approx(
+        np.mean(results["gradient_decades"]["none"]))
+    assert results["drift"]["bn"][0] == pytest.approx(run_drift(by_lr["bn"][BASE_LR][0]))
+    assert claims["bn_less_drift"].numbers["BN suppresses the drift: BN mean"] == pytest.approx(
+        np.mean(results["drift"]["bn"]))

@@ -9,12 +9,19 @@ from torch import nn
 
 import trainlab.runs
 from trainlab.models import ClassicDropout
+from trainlab.data import RawData
 from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, make_context, run_study
 from trainlab.studies.base import finals
-from trainlab.studies.regularization import (ARMS, DROPOUT_ARMS, FITS_BETTER, HIST_EDGES, LONGER_EPOCHS, TARGET_LOSS,
+from trainlab.studies.measures import generalization_gap
+from trainlab.studies.regularization import (ARMS, DROPOUT_ARMS, DROPOUT_RATES, FITS_BETTER, HIST_EDGES, L2_PATH,
+                                             LONGER_EPOCHS, LOSS_CHANGE, MIN_CORRELATION, NOISE_ARMS, RATE_MATTERS,
+                                             SELECTS, SWEEP, TARGET_LOSS, FeatureProbe, after_val_minimum,
                                              claim_dropout_slower, claim_early_stopping, claim_fits_better, claim_gap,
-                                             epochs_to_target_loss, mc_dropout, val_min_epoch, weight_stats, within)
+                                             claim_large_weights, claim_longer_overfits, claim_rate_matters,
+                                             claim_selects_features, claim_weaker_penalty, epochs_to_target_loss,
+                                             mc_dropout, rank_correlation, val_min_epoch, weight_stats,
+                                             with_noise_features, within)
 
 
 def run(val_losses=(1.0,), final=None, extras=None, seed=0) -> RunResult:
@@ -124,6 +131,82 @@ def test_a_penalty_fits_better_only_by_more_than_the_minimum_accuracy():
     assert test({"runs": {"l2": arm(close), "l1": arm(base)}}).verdict == "refuted"  # within the minimum: no effect
 
 
+def scored(test_accs, gaps=None, rms=None, val_accs=None):
+    """Runs with these test accuracies, gaps (clean train acc - test acc), weight RMS and validation accuracies."""
+    n = len(test_accs)
+    gaps, rms, val_accs = gaps or [0.3] * n, rms or [0.1] * n, val_accs or test_accs
+    return [run(final={"test_acc": t, "val_acc": v}, extras={"train_eval": {"acc": t + g}, "weights": {"rms": w}},
+                seed=i) for i, (t, g, w, v) in enumerate(zip(test_accs, gaps, rms, val_accs))]
+
+
+def test_the_dropout_rate_matters_when_the_best_by_validation_beats_the_worst_on_test():
+    base, noise = 0.40, (0.002, -0.003, 0.0, 0.001)
+    every = {arm: scored([base + d for d in noise]) for arm in DROPOUT_RATES.values()}
+    every[DROPOUT_RATES[0.5]] = scored([base + 3 * RATE_MATTERS + d for d in noise])
+    found = claim_rate_matters({"all": every})
+    assert found.verdict == "supported" and found.numbers["rate 0.5: test acc"] == pytest.approx(base + 0.03 + 0.0)
+    # The best rate on validation is no better on test: the rate does not matter here.
+    every[DROPOUT_RATES[0.5]] = scored([base + d / 2 for d in noise], val_accs=[0.9] * 4)
+    assert claim_rate_matters({"all": every}).verdict == "refuted"
+
+
+def test_a_weaker_penalty_must_grow_the_weights_and_widen_the_gap_at_every_step():
+    noise = np.array([0.002, -0.003, 0.0, 0.001])
+    path = [arm for _, arm in L2_PATH]
+    every = {arm: scored([0.4] * 4, gaps=list(0.1 + 0.05 * i + noise), rms=list(0.05 * 1.5 ** i * (1 + noise)))
+             for i, arm in enumerate(path)}
+    assert claim_weaker_penalty({"all": every}).verdict == "supported"
+    every[path[-1]] = scored([0.4] * 4, gaps=list(0.1 + 0.05 + noise), rms=list(0.05 * 1.5 ** 2 * (1 + noise)))
+    found = claim_weaker_penalty({"all": every})
+    assert found.verdict == "refuted" and found.parts["0 vs 0.003: gap widens"].verdict == "refuted"
+
+
+def test_large_weights_claim_is_the_per_seed_rank_correlation_across_arms():
+    assert rank_correlation([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    every = {f"arm{i}": scored([0.4] * 4, gaps=[0.1 * i + 0.01 * s for s in range(4)],
+                               rms=[0.1 * i + 0.02 * s for s in range(4)]) for i in range(5)}
+    found = claim_large_weights({"all": every})
+    assert found.verdict == "supported" and found.numbers["mean"] == pytest.approx(1.0)
+    every = {f"arm{i}": scored([0.4] * 4, gaps=[0.1 * i + 0.01 * s for s in range(4)],
+                               rms=[1.0 - 0.1 * i + 0.02 * s for s in range(4)]) for i in range(5)}
+    assert claim_large_weights({"all": every}).verdict == "refuted" and MIN_CORRELATION > -1
+
+
+def test_noise_features_double_the_inputs_and_the_probe_compares_their_first_layer_weights():
+    raw = RawData(np.arange(24.0).reshape(6, 2, 2), np.arange(6) % 2, None, None, "classification", 2)
+    arrays = with_noise_features(raw)
+    assert set(arrays) == {"x", "y"} and arrays["x"].shape == (6, 8)
+    np.testing.assert_array_equal(arrays["x"][:, :4], raw.x_train.reshape(6, 4))
+    assert 0.3 * np.std(raw.x_train) < arrays["x"][:, 4:].std() < 3 * np.std(raw.x_train) and np.array_equal(arrays["y"], raw.y_train)
+    np.testing.assert_array_equal(with_noise_features(raw)["x"], arrays["x"])  # drawn once, the same every time
+    model = nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0, 0.1, 0.0], [3.0, 2.0, -0.3, 0.4]]))
+    trainer = type("T", (), {"model": model, "extras": {}})()
+    FeatureProbe(informative=2).on_fit_end(trainer)
+    assert trainer.extras["noise_weight_ratio"] == pytest.approx((0.8 / 4) / (8.0 / 4))
+    ratios = {"l1+noise": [SELECTS / 10 * (1 + d) for d in (0.0, 0.1, -0.1, 0.05)], "l2+noise": [0.9, 0.95, 0.85, 0.9]}
+    runs = {arm: [run(extras={"noise_weight_ratio": v}) for v in vs] for arm, vs in ratios.items()}
+    assert claim_selects_features({"noise": runs}).verdict == "supported"
+
+
+def loss_run(val, train, seed=0) -> RunResult:
+    history = [{"epoch": i + 1, "val_loss": v, "train_loss": t} for i, (v, t) in enumerate(zip(val, train))]
+    return RunResult({"seed": seed}, history, {}, {})
+
+
+def test_longer_training_overfits_when_the_val_loss_rises_while_the_train_loss_falls():
+    assert after_val_minimum(loss_run([2.0, 1.0, 1.5, 1.8], [2.0, 1.0, 0.5, 0.2])) == pytest.approx((0.8, 0.8))
+    rise = 3 * LOSS_CHANGE
+    none = [loss_run([2.0, 1.0 + d, 1.0 + rise + d], [2.0, 1.0, 1.0 - rise - d], seed=i)
+            for i, d in enumerate((0.0, 0.01, -0.01, 0.02))]
+    assert claim_longer_overfits({"runs": {"none": none}}).verdict == "supported"
+    flat = [loss_run([2.0, 1.0, 1.0 + LOSS_CHANGE / 10 + d / 10], [2.0, 1.0, 0.2], seed=i)
+            for i, d in enumerate((0.0, 0.01, -0.01, 0.02))]
+    found = claim_longer_overfits({"runs": {"none": flat}})
+    assert found.verdict == "refuted" and found.parts["training loss keeps falling"].verdict == "supported"
+
+
 @pytest.mark.slow
 def test_on_three_seeds_l1_gives_sparse_weights_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
     calls = []
@@ -134,7 +217,9 @@ def test_on_three_seeds_l1_gives_sparse_weights_and_a_second_run_trains_nothing(
     budget = dataclasses.replace(study.smoke, seeds=3, epochs=8)
     data = {"dataset": "digits", "batch_size": 16}
     outcome = run_study(study, make_context(study, mode="smoke", budget=budget, data=data, out=tmp_path))
-    assert len(calls) == len(ARMS) * 3
+    trained = len(ARMS) + len(SWEEP) + len(NOISE_ARMS)
+    assert outcome.runs_trained == trained * 3
+    assert len(calls) == len(ARMS) * 3  # the sweep and noise arms record per replica: one batch each
     claims = {c.key: c for c in outcome.claims}
     assert [c.key for c in outcome.claims] == [c.key for c in study.claims]
     assert claims["l1_sparse_l2_small"].verdict == "supported"
@@ -145,7 +230,7 @@ def test_on_three_seeds_l1_gives_sparse_weights_and_a_second_run_trains_nothing(
 
     ctx = make_context(study, mode="smoke", budget=budget, data=data, out=tmp_path)
     results = study.measure(ctx)
-    assert len(calls) == len(ARMS) * 3 and (ctx.runs_trained, ctx.runs_cached) == (0, len(ARMS) * 3)
+    assert len(calls) == len(ARMS) * 3 and (ctx.runs_trained, ctx.runs_cached) == (0, trained * 3)
     assert [c.evaluate(results) for c in study.claims] == outcome.claims
     # The new claims read the runs: the test accuracies of the arms they compare, the epochs of their curves.
     runs = results["runs"]
@@ -155,3 +240,19 @@ def test_on_three_seeds_l1_gives_sparse_weights_and_a_second_run_trains_nothing(
         assert claims[key].numbers[f"{worse} mean"] == pytest.approx(np.mean(finals(runs[worse], "test_acc")))
     assert claims["dropout_slower"].numbers["dropout: none mean"] == pytest.approx(
         np.mean([epochs_to_target_loss(r) for r in runs["none"]]))
+    every = results["all"]
+    assert claims["dropout_rate_matters"].numbers["rate 0.7: test acc"] == pytest.approx(
+        np.mean(finals(every["dropout@0.7"], "test_acc")))
+    assert claims["weaker_penalty_grows"].numbers["0.003 vs 0.03: gap widens: L2 0.003 mean"] == pytest.approx(
+        np.mean([generalization_gap(r) for r in every["l2@0.003"]]))
+    seed0 = rank_correlation([r[0].extras["weights"]["rms"] for r in every.values()],
+                             [generalization_gap(r[0]) for r in every.values()])
+    assert claims["overfit_large_weights"].numbers["n"] == 3 and -1 <= seed0 <= 1
+    rises = [after_val_minimum(r)[0] for r in runs["none"]]
+    assert claims["longer_overfits"].numbers["validation loss rises: mean"] == pytest.approx(np.mean(rises))
+    # The noise arms see the digits' 64 pixels and 64 noise features; the claim reads their first layers' ratio.
+    noise = results["noise"]["l1+noise"]
+    assert noise[0].config["data"]["dataset"]["name"] == "npz"
+    assert noise[0].load_model()[1][0].linear.in_features == 128
+    assert claims["l1_selects_features"].numbers["L1 leaves the noise features: mean"] == pytest.approx(
+        np.mean([r.extras["noise_weight_ratio"] for r in noise]))

@@ -6,8 +6,13 @@ import pytest
 import trainlab.runs
 from trainlab.schedules import SCHEDULES, preview
 from trainlab.studies import STUDIES, make_context, run_studies
-from trainlab.studies.schedules import (NO_WARMUP, SPIKE_CAP, WARMUP, best_lr, claim_cosine,
-                                        claim_decay, claim_warmup, schedule_specs, start_instability)
+from trainlab.runs import RunResult
+from trainlab.studies.base import finals
+from trainlab.studies.measures import steps_to_target
+from trainlab.studies.schedules import (DECAYS, FASTER_EPOCHS, NO_WARMUP, SPEED_SCHEDULES, SPIKE_CAP, STABLER, WARMUP,
+                                        best_lr, claim_cosine, claim_decay, claim_faster, claim_one_cycle,
+                                        claim_warmup, end_epochs, end_roughness, schedule_specs, start_instability,
+                                        target_loss)
 
 
 def test_the_study_covers_every_registered_schedule():
@@ -75,6 +80,39 @@ def test_warmup_claim_needs_a_lower_peak_and_a_better_end():
     assert claim_warmup(r).verdict == "refuted"
 
 
+def test_end_roughness_is_the_mean_change_over_the_last_epochs():
+    assert end_roughness([5.0, 1.0, 1.2, 1.1, 1.4], window=3) == pytest.approx((0.1 + 0.3) / 2)
+    assert np.isnan(end_roughness([1.0, float("nan")], window=2))
+    assert end_epochs(18) == 4 and end_epochs(3) == 2
+
+
+def test_the_target_loss_is_the_highest_mean_final_training_loss_of_the_compared_schedules():
+    def rs(loss):
+        return [RunResult({}, [{"epoch": 1, "train_loss": loss + d}], {}, {}) for d in (-0.01, 0.01)]
+
+    runs = {name: rs(0.2 + 0.1 * i) for i, name in enumerate(SPEED_SCHEDULES)}
+    runs["plateau"] = rs(9.0)  # not compared: does not set the target
+    assert target_loss(runs) == pytest.approx(0.2 + 0.1 * (len(SPEED_SCHEDULES) - 1))
+
+
+def _epochs(**means: int) -> dict[str, list[int]]:
+    return {name: [mean + d for d in (0, 1, -1, 0)] for name, mean in means.items()}
+
+
+def test_speed_and_one_cycle_claims_need_more_than_the_minimum_number_of_epochs():
+    slow = 12
+    fast = slow - 3 * FASTER_EPOCHS
+    calm, rough = [0.001, 0.002, 0.001, 0.0015], [0.05, 0.06, 0.04, 0.055]
+    r = {"target_loss": 0.5, "to_loss": _epochs(constant=slow, **{d: fast for d in DECAYS}, one_cycle=fast - 3),
+         "end_roughness": {"one_cycle": calm, "constant": rough, "cosine": rough}}
+    assert claim_faster(r).verdict == "supported"
+    assert claim_one_cycle(r).verdict == "supported"
+    r["to_loss"]["step"] = [slow - 1, slow, slow - 1, slow - 1]  # at most one epoch sooner: within the minimum
+    assert claim_faster(r).verdict in ("refuted", "inconclusive")
+    r["end_roughness"]["cosine"] = [c + STABLER / 10 for c in calm]
+    assert claim_one_cycle(r).parts["stabler end than cosine"].verdict == "refuted"
+
+
 @pytest.mark.slow
 def test_on_three_seeds_warmup_removes_the_spike_at_the_start_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
     study = STUDIES["schedules"]
@@ -98,3 +136,10 @@ def test_on_three_seeds_warmup_removes_the_spike_at_the_start_and_a_second_run_t
     assert outcome.claims == [c.evaluate(results) for c in study.claims]
     assert len(outcome.figures) == 4 and all((tmp_path / f.path).is_file() for f in outcome.figures)
     assert outcome.tables and all(t.rows for t in outcome.tables)
+    # The speed claims read the stored histories: epochs to the target loss and the validation loss at the end.
+    runs, claims = results["runs"], {c.key: c for c in outcome.claims}
+    assert results["target_loss"] == pytest.approx(max(np.mean(finals(runs[n], "train_loss")) for n in SPEED_SCHEDULES))
+    assert claims["schedule_faster"].numbers["cosine: constant mean"] == pytest.approx(np.mean(
+        [steps_to_target(r.metric("train_loss"), results["target_loss"], budget.epochs) for r in runs["constant"]]))
+    assert claims["one_cycle_fast_stable"].numbers["stabler end than cosine: one_cycle mean"] == pytest.approx(
+        np.mean([end_roughness(r.metric("val_loss"), end_epochs(budget.epochs)) for r in runs["one_cycle"]]))

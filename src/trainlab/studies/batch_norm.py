@@ -29,7 +29,18 @@ to the scale):
 - less need for dropout: per seed, the *gain* of dropout is the final test accuracy with dropout minus without (at
   the reference); BN reduces the need for it when dropout helps the plain network (its gain > 0) and the gain with
   BN is smaller by more than ``BETTER``. Where dropout does not help the plain network, the verdict is inconclusive:
-  there is no need for BN to reduce.
+  there is no need for BN to reduce;
+- gradient flow: at initialization, for every init scale, the gradient of the cross-entropy on the training set (one
+  batch, train mode) is taken with respect to the first and the last weight matrix (the head); per seed the mean
+  over the init scales of |log10(first's gradient RMS / last's)| is how many decades the gradient changes through
+  the net (0: it flows evenly; float64, so nothing underflows). BN eases vanishing and exploding gradients when this
+  is smaller with BN by more than ``GRADIENT_DECADES`` (0.5) decades;
+- drift of the hidden distributions (internal covariate shift): for the reference runs, the inputs of every linear
+  layer after the first (the hidden activations the next layer sees) on the whole training set, in train mode, with
+  the initial weights (rebuilt from the run's seed) and with the trained ones (its checkpoint); per layer the drift
+  is mean |change of a unit's mean| + mean |change of a unit's std|, over the mean initial std; averaged over the
+  layers. The distributions drift without BN when that exceeds ``MIN_DRIFT`` (0.1); BN suppresses the drift when
+  its drift is smaller by more than ``MIN_DRIFT``.
 """
 
 from __future__ import annotations
@@ -40,12 +51,18 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+import torch
+from torch import Tensor, nn
+
+from trainlab.data import load_data
 from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)
 from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, train_metric
+from trainlab.models import MLP
 from trainlab.runs import RunResult
+from trainlab.trainer import seeds_for
 
 BASE_LR = 0.01  # the learning rate of the init-scale sweep and of the reference
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -58,6 +75,8 @@ SHORT = {"none": "no BN", "bn": "BN before act.", "bn_after": "BN after act."}
 BETTER = 0.01  # test accuracy by which one network must beat another to count
 DROPOUT = 0.3  # the regularization study's rate
 DROPOUT_VARIANTS = ("none", "bn")
+GRADIENT_DECADES = 0.5  # decades of first-to-last gradient ratio by which BN must bring it nearer to 1
+MIN_DRIFT = 0.1  # drift of the hidden distributions (in initial stds) that counts as drifting, and as less drift
 
 
 @dataclass(frozen=True)
@@ -153,6 +172,88 @@ def claim_less_dropout(r: dict[str, Any]) -> ClaimResult:
     return found
 
 
+def gradient_decades(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """|log10| of the ratio of the first to the last weight matrix's gradient RMS of the cross-entropy on (x, y)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    loss = nn.functional.cross_entropy(model(x), y)
+    first, last = torch.autograd.grad(loss, [linears[0].weight, linears[-1].weight])
+    return float(abs(torch.log10(first.square().mean().sqrt() / last.square().mean().sqrt())))
+
+
+def init_gradients(budget: BatchNormBudget, config: Any, scales: list[float], seeds: list[int]) -> dict[str, Any]:
+    """``{variant: seeds x scales array}`` of ``gradient_decades`` at initialization, for no BN and BN before the
+    activation, on the training set of ``config`` (float64, one thread)."""
+    data = load_data(config.data)
+    x, y = data.x_train.double(), data.y_train
+    out: dict[str, Any] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for v, norm in (("none", "none"), ("bn", "batch")):
+            rows = []
+            for seed in seeds:
+                generator = torch.Generator().manual_seed(seeds_for(seed)["init"])
+                specs = [MLP(depth=budget.depth, width=budget.width, activation="relu", norm=norm,
+                             init={"name": "normal", "std": s}) for s in scales]
+                rows.append([gradient_decades(spec.build(data.input_shape, data.num_outputs, generator).double(), x, y)
+                             for spec in specs])
+            out[v] = np.array(rows)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def layer_input_stats(model: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Per-unit (mean, std) over ``x`` of the input of every linear layer after the first (train mode, no grad)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)][1:]
+    seen: list[tuple[Tensor, Tensor]] = []
+    hooks = [m.register_forward_pre_hook(lambda _, inputs: seen.append((inputs[0].mean(0), inputs[0].std(0))))
+             for m in linears]
+    try:
+        model.train()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def drift(before: list[tuple[Tensor, Tensor]], after: list[tuple[Tensor, Tensor]]) -> float:
+    """Mean over layers of (mean |change of the unit means| + mean |change of the unit stds|) / mean initial std."""
+    return float(np.mean([float(((m1 - m0).abs().mean() + (s1 - s0).abs().mean()) / s0.mean())
+                          for (m0, s0), (m1, s1) in zip(before, after)]))
+
+
+def run_drift(run: RunResult) -> float:
+    """``drift`` of a stored run's hidden distributions from its initial weights to its trained ones."""
+    from trainlab.config import load_config
+
+    config = load_config(run.config)
+    data = load_data(config.data)
+    initial = config.model.build(data.input_shape, data.num_outputs,
+                                 torch.Generator().manual_seed(seeds_for(config.seed)["init"]))
+    trained = run.load_model()
+    return drift(layer_input_stats(initial, data.x_train), layer_input_stats(trained, data.x_train))
+
+
+def claim_gradient_flow(r: dict[str, Any]) -> ClaimResult:
+    g = r["gradient_decades"]
+    return compare_result(np.mean(g["bn"], axis=1), np.mean(g["none"], axis=1), "less",
+                          "|log10 first / last layer's gradient RMS| at init, mean over init scales",
+                          ("BN", "no BN"), min_effect=GRADIENT_DECADES)
+
+
+def claim_drift(r: dict[str, Any]) -> ClaimResult:
+    d = r["drift"]
+    return joint({
+        "the distributions drift without BN": threshold_result(d["none"], ">", MIN_DRIFT,
+                                                               "drift of the hidden distributions, no BN"),
+        "BN suppresses the drift": compare_result(d["bn"], d["none"], "less", "drift of the hidden distributions",
+                                                  ("BN", "no BN"), min_effect=MIN_DRIFT),
+    })
+
+
 CLAIMS = (
     Claim("bn_speeds", "Batch normalization speeds up training: a higher training accuracy after a few epochs.",
           claim_speed),
@@ -169,6 +270,12 @@ CLAIMS = (
           claim_placement),
     Claim("bn_less_dropout", "Batch normalization reduces the need for dropout: adding dropout to a network with BN "
                              "gains less test accuracy than adding it to the plain network.", claim_less_dropout),
+    Claim("bn_gradient_flow", "Batch normalization eases vanishing and exploding gradients: at initialization the "
+                              "gradient changes by fewer decades from the last layer to the first, over the init "
+                              "scales.", claim_gradient_flow),
+    Claim("bn_less_drift", "Even with normalized input, the hidden layers' input distributions drift in training "
+                           "as the weights change (internal covariate shift), and batch normalization suppresses "
+                           "that drift.", claim_drift),
 )
 
 
@@ -202,6 +309,14 @@ class BatchNorm(Study[BatchNormBudget]):
         by_scale = {v: [runs[f"{v}@std={s:g}"] for s in scales] for v in ("none", "bn")}
         by_lr = {v: {lr: runs[f"{v}@lr={lr:g}"] for lr in lrs} for v in VARIANTS}
 
+        config = ctx.run_config(self.base_config(b), {}, ctx.seeds[0])
+        gradients = ctx.cached("gradients", {"scales": scales, "seeds": ctx.seeds, "depth": b.depth,
+                                             "width": b.width, "data": config.data.model_dump(mode="json")},
+                               lambda: init_gradients(b, config, scales, ctx.seeds))
+        reference = {v: by_lr[v][BASE_LR] for v in DROPOUT_VARIANTS}
+        drifts = ctx.cached("drift", {v: [r.config for r in rs] for v, rs in reference.items()},
+                            lambda: {v: np.array([run_drift(r) for r in rs]) for v, rs in reference.items()})
+
         def per_seed(table: list[list[RunResult]], value: Any) -> np.ndarray:
             return np.array([[value(run) for run in rs] for rs in table]).T  # seeds x scales
 
@@ -215,6 +330,8 @@ class BatchNorm(Study[BatchNormBudget]):
             "test_acc_dropout": {v: finals(runs[f"{v}+dropout"], "test_acc") for v in DROPOUT_VARIANTS},
             "diverged_lr": {v: {lr: [bool(run.extras.get("diverged")) for run in rs] for lr, rs in t.items()}
                             for v, t in by_lr.items()},
+            "gradient_decades": {v: np.asarray(gradients[v]) for v in ("none", "bn")},
+            "drift": {v: [float(x) for x in drifts[v]] for v in DROPOUT_VARIANTS},
         }
 
     def present(self, results: dict[str, Any], ctx: StudyContext[BatchNormBudget]
@@ -275,7 +392,7 @@ class BatchNorm(Study[BatchNormBudget]):
             Table("Learning rates from He init (means over seeds; diverged runs excluded from the loss)",
                   ["lr", "network", f"train acc @{k}", "final train loss", "train acc (eval)", "test acc", "gap",
                    "diverged"], lr_rows),
-            _dropout_table(results),
+            _dropout_table(results), _flow_table(results),
         ]
 
 
@@ -285,6 +402,17 @@ def _dropout_table(results: dict[str, Any]) -> Table:
                  [[LABELS[v], mean_finite(results["test_acc_lr"][v][BASE_LR]),
                    mean_finite(results["test_acc_dropout"][v]), mean_finite(dropout_gain(results, v))]
                   for v in DROPOUT_VARIANTS])
+
+
+def _flow_table(results: dict[str, Any]) -> Table:
+    g, d = results["gradient_decades"], results["drift"]
+    rows = [[f"{s:g}", mean_finite(g["none"][:, i]), mean_finite(g["bn"][:, i])]
+            for i, s in enumerate(results["scales"])]
+    rows.append([f"drift of the hidden distributions (He init, lr {BASE_LR:g})", mean_finite(d["none"]),
+                 mean_finite(d["bn"])])
+    return Table("Gradient flow at init: |log10 first / last layer's gradient RMS| per init scale, and the drift of "
+                 "the hidden layers' input distributions from init to the end (means over seeds)",
+                 ["init std", "no BN", "BN"], rows)
 
 
 def _diverged(runs: list[RunResult]) -> str:

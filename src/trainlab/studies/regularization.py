@@ -32,7 +32,27 @@ Definitions, fixed before measuring:
 - dropout *lengthens training* when a dropout net needs more than ``LONGER_EPOCHS`` (5) epochs more than ``none`` to
   bring its training loss (the loop's, in train mode: the loss being minimized) to ``TARGET_LOSS``, half the loss of
   a uniform guess over 10 classes; a run that never gets there counts as one epoch more than the budget
-  (``measures.steps_to_target``), a lower bound.
+  (``measures.steps_to_target``), a lower bound;
+- the dropout *rate matters* when, over the sweep ``DROPOUT_RATES`` (0.1 to 0.7, the sweep's arms trained besides
+  ``ARMS``), the rate with the best mean validation accuracy beats the one with the worst on *test* accuracy by more
+  than ``RATE_MATTERS`` (1 point), paired by seed (picking the two by validation accuracy keeps the selection from
+  biasing the test comparison);
+- a *weaker penalty lets the weights grow and widens the gap* when, at each step down the L2 path ``L2_PATH``
+  (3e-2, 3e-3, then none; the sweep's arms record only the weights and the clean train metrics, so their seeds train
+  as one batch), the RMS of the weights grows by more than the factor ``WEIGHTS_GROW`` (1.1; compared as
+  log RMS) and the gap by more than ``WIDER_GAP`` (1 point), paired by seed;
+- *overfit networks have large weights* when, per seed, the rank (Spearman) correlation across every trained arm
+  (``ARMS`` and the sweep) of the weights' RMS with the gap is above ``MIN_CORRELATION`` (0.3), as a mean over seeds
+  (whole 95% interval above it);
+- L1 *selects the informative features* when, trained on the study's data with as many pure-noise input features
+  appended (N(0, 1) scaled to the inputs' std, drawn once, ``NOISE_SEED``), its first layer's mean |w| on the noise
+  features is below ``SELECTS`` (half) of its mean |w| on the real ones, and that ratio is below L2's by more than the
+  factor ``1 / SELECTS`` too (compared as log ratios, paired by seed), each at the study's strength; these two arms
+  (``NOISE_ARMS``) record only what they need, so their seeds train as one batch;
+- *training longer overfits* (the variance grows more than the bias falls) when, in the un-stopped ``none`` runs,
+  the validation loss ends more than ``LOSS_CHANGE`` (0.1 nats) above its minimum while the training loss ends more
+  than ``LOSS_CHANGE`` below its value at that minimum's epoch: val = train + gap, so a rising val loss over a
+  falling train loss means the gap (variance) grew by more than the train loss (bias) fell.
 
 Strengths were chosen once, in a pilot (seeds 0 and 1, 80 epochs), as the best mean validation accuracy of a small
 grid per technique: L1 {1e-4, 3e-4, 1e-3, 3e-3}, L2 {1e-3, 1e-2, 3e-2, 1e-1}, elastic net (l1, l2) {(1e-3, 1e-2),
@@ -55,13 +75,15 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.callbacks import Callback
+from trainlab.checkpoints import atomic_write
+from trainlab.data import RawData
 from trainlab.models import ClassicDropout
 from trainlab.regularizers import sparsity
 from trainlab.figures import bars_figure, curves_figure, grouped_bars_figure
 from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
-                                   finals, joint, series, threshold_result)
+                                   finals, joint, params_hash, series, threshold_result)
 from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, steps_to_target, train_metric
 
 ARMS: dict[str, dict[str, Any]] = {
@@ -78,6 +100,16 @@ ARMS: dict[str, dict[str, Any]] = {
     "input_noise": {"data.augment": [{"name": "gaussian_noise", "std": 0.5}]},
     "weight_decay": {"optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 10.0}},
 }
+SWEEP: dict[str, dict[str, Any]] = {
+    "dropout@0.1": {"model.dropout": 0.1},
+    "dropout@0.5": {"model.dropout": 0.5},
+    "dropout@0.7": {"model.dropout": 0.7},
+    "l2@0.003": {"regularizers": [{"name": "l2", "strength": 3e-3}]},
+}
+DROPOUT_RATES = {0.1: "dropout@0.1", 0.3: "dropout", 0.5: "dropout@0.5", 0.7: "dropout@0.7"}  # rate -> arm
+L2_PATH = ((3e-2, "l2"), (3e-3, "l2@0.003"), (0.0, "none"))  # (strength, arm), strongest first
+NOISE_ARMS = {"l1+noise": ARMS["l1"], "l2+noise": ARMS["l2"]}
+NOISE_SEED = 0  # the appended noise features
 DROPOUT_ARMS = ("dropout", "dropout_classic")
 SPARSE = 1e-3  # |w| below this counts as (near) zero
 ZERO = 1e-6  # |w| below this counts as exactly zero, up to float noise
@@ -90,6 +122,12 @@ CURVE_ARMS = ("none", "l2", "dropout", "early_stopping", "augmentation", "weight
 FITS_BETTER = 0.01  # test accuracy by which one penalty must beat another to "fit better"
 TARGET_LOSS = 0.5 * math.log(10)  # half the cross-entropy of a uniform guess over MNIST-1D's 10 classes
 LONGER_EPOCHS = 5  # extra epochs to the target loss that count as "training takes longer"
+RATE_MATTERS = 0.01  # test accuracy by which the best dropout rate must beat the worst for the rate to "matter"
+WEIGHTS_GROW = 1.1  # factor by which the weights' RMS must grow one step down the L2 path
+WIDER_GAP = 0.01  # accuracy by which the gap must widen one step down the L2 path
+MIN_CORRELATION = 0.3  # rank correlation of weight RMS with the gap, across arms, for "overfit nets have large weights"
+SELECTS = 0.5  # noise features' mean |w| / the real ones' below which a net has "selected" the real features
+LOSS_CHANGE = 0.1  # nats by which the validation loss must rise, and the training loss fall, after the val minimum
 
 
 @dataclass(frozen=True)
@@ -149,6 +187,64 @@ class RegularizationProbe(Callback):
         if any(isinstance(m, (nn.Dropout, ClassicDropout)) for m in trainer.model.modules()):
             trainer.extras["mc_dropout"] = mc_dropout(trainer.model, trainer.data.x_test, trainer.data.y_test,
                                                       self.mc_samples)
+
+
+class WeightProbe(Callback):
+    """At fit end stores ``weight_stats`` in ``extras["weights"]``: all the sweep arms need, read from one replica's
+    model only, so their seeds train as one batch (``RegularizationProbe``'s Monte-Carlo dropout does not)."""
+
+    per_replica = True
+
+    def on_fit_end(self, trainer: Any) -> None:
+        trainer.extras["weights"] = weight_stats(trainer.model)
+
+
+class FeatureProbe(Callback):
+    """At fit end stores in ``extras["noise_weight_ratio"]`` the first layer's mean |w| on the input features from
+    index ``informative`` on (the appended noise) over its mean |w| on the ones before."""
+
+    per_replica = True
+
+    def __init__(self, informative: int):
+        self.informative = informative
+
+    def on_fit_end(self, trainer: Any) -> None:
+        first = next(m.weight for m in trainer.model.modules() if isinstance(m, nn.Linear)).detach().abs()
+        ratio = first[:, self.informative:].mean() / first[:, :self.informative].mean()
+        trainer.extras["noise_weight_ratio"] = float(ratio)
+
+
+def with_noise_features(raw: RawData, seed: int = NOISE_SEED) -> dict[str, np.ndarray]:
+    """The arrays of an npz dataset: ``raw``'s inputs (flattened) with as many N(0, s²) features appended, s the
+    inputs' std; the labels as they are."""
+    rng = np.random.default_rng(seed)
+    parts = [("x_train", raw.x_train, "y_train", raw.y_train)]
+    if raw.x_test is not None:
+        parts.append(("x_test", raw.x_test, "y_test", raw.y_test))
+    flat = [x.reshape(len(x), -1).astype(np.float32) for _, x, _, _ in parts]
+    scale = float(np.concatenate(flat).std()) or 1.0  # constant inputs: unit noise
+    out = {}
+    for (kx, _, ky, y), x in zip(parts, flat):
+        out[kx] = np.concatenate([x, (scale * rng.standard_normal(x.shape)).astype(np.float32)], axis=1)
+        out[ky] = y
+    if raw.x_test is None:
+        out = {"x": out["x_train"], "y": out["y_train"]}
+    return out
+
+
+def noise_dataset(ctx: StudyContext[Any], base: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """(the ``data.dataset`` of the study's data with noise features appended, written once under the output
+    folder's cache; the number of real features)."""
+    dataset = ctx.run_config(base, {}, ctx.seeds[0]).data.dataset
+    raw = dataset.load()
+    informative = int(np.prod(raw.x_train.shape[1:]))
+    params = {"dataset": dataset.model_dump(mode="json"), "seed": NOISE_SEED}
+    path = ctx.out / "cache" / ctx.study / f"noise_features-{params_hash(params)}.npz"
+    if not path.exists():
+        arrays = with_noise_features(raw)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    return {"name": "npz", "path": str(path)}, informative
 
 
 def val_min_epoch(run: RunResult) -> int:
@@ -243,6 +339,74 @@ def claim_dropout_slower(r: dict[str, Any]) -> ClaimResult:
                   for arm in DROPOUT_ARMS})
 
 
+def claim_rate_matters(r: dict[str, Any]) -> ClaimResult:
+    arms = {rate: r["all"][arm] for rate, arm in DROPOUT_RATES.items()}
+    by_val = sorted(arms, key=lambda rate: float(np.mean(finals(arms[rate], "val_acc"))))
+    worst, best = by_val[0], by_val[-1]
+    found = compare_result(finals(arms[best], "test_acc"), finals(arms[worst], "test_acc"), "greater",
+                           "test accuracy", (f"rate {best:g} (best val)", f"rate {worst:g} (worst val)"),
+                           min_effect=RATE_MATTERS)
+    means = {f"rate {rate:g}: test acc": float(np.mean(finals(rs, "test_acc"))) for rate, rs in arms.items()}
+    return ClaimResult(found.verdict, found.evidence, {**found.numbers, **means})
+
+
+def claim_weaker_penalty(r: dict[str, Any]) -> ClaimResult:
+    parts = {}
+    for (strong, strong_arm), (weak, weak_arm) in zip(L2_PATH, L2_PATH[1:]):
+        stronger, weaker = r["all"][strong_arm], r["all"][weak_arm]
+        names = (f"L2 {weak:g}", f"L2 {strong:g}")
+        parts[f"{weak:g} vs {strong:g}: weights grow"] = compare_result(
+            np.log(_weights(weaker, "rms")), np.log(_weights(stronger, "rms")), "greater", "log RMS of the weights",
+            names, min_effect=math.log(WEIGHTS_GROW))
+        parts[f"{weak:g} vs {strong:g}: gap widens"] = compare_result(
+            [generalization_gap(run) for run in weaker], [generalization_gap(run) for run in stronger], "greater",
+            "clean train accuracy - test accuracy", names, min_effect=WIDER_GAP)
+    return joint(parts)
+
+
+def rank_correlation(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` (nan when either is constant)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def claim_large_weights(r: dict[str, Any]) -> ClaimResult:
+    arms = list(r["all"].values())
+    correlations = [rank_correlation([float(rs[i].extras["weights"]["rms"]) for rs in arms],
+                                     [generalization_gap(rs[i]) for rs in arms]) for i in range(len(arms[0]))]
+    return threshold_result(correlations, ">", MIN_CORRELATION,
+                            f"per seed, rank correlation across {len(arms)} arms of the weights' RMS with the gap")
+
+
+def after_val_minimum(run: RunResult) -> tuple[float, float]:
+    """(how far the validation loss ends above its minimum, how far the training loss ends below its value at the
+    minimum's epoch)."""
+    val, train = run.metric("val_loss"), run.metric("train_loss")
+    best = val_min_epoch(run) - 1
+    return float(val[-1] - val[best]), float(train[best] - train[-1])
+
+
+def claim_selects_features(r: dict[str, Any]) -> ClaimResult:
+    ratio = {arm: [float(run.extras["noise_weight_ratio"]) for run in r["noise"][arm]] for arm in NOISE_ARMS}
+    what = "first layer's mean |w| on noise features / on real ones"
+    return joint({
+        "L1 leaves the noise features": threshold_result(ratio["l1+noise"], "<", SELECTS, f"{what}, L1"),
+        "more than L2": compare_result(np.log(ratio["l1+noise"]), np.log(ratio["l2+noise"]), "less",
+                                       f"log of the {what}", ("L1", "L2"), min_effect=math.log(1 / SELECTS)),
+    })
+
+
+def claim_longer_overfits(r: dict[str, Any]) -> ClaimResult:
+    changes = [after_val_minimum(run) for run in r["runs"]["none"]]
+    return joint({
+        "validation loss rises": threshold_result([v for v, _ in changes], ">", LOSS_CHANGE,
+                                                  "final - minimum validation loss ('none')"),
+        "training loss keeps falling": threshold_result([t for _, t in changes], ">", LOSS_CHANGE,
+                                                        "training loss at the validation minimum - final ('none')"),
+    })
+
+
 CLAIMS = (
     Claim("l1_sparse_l2_small", "L1 gives sparse weights (many exactly or nearly zero), L2 uniformly small ones.",
           claim_sparse),
@@ -263,6 +427,18 @@ CLAIMS = (
                                                                                   "activity")),
     Claim("dropout_slower", "Dropout makes training take longer: the network needs more epochs to bring its "
                             "training loss down to the same value.", claim_dropout_slower),
+    Claim("dropout_rate_matters", "The dropout rate matters: over rates from 0.1 to 0.7 the best rate (by "
+                                  "validation accuracy) beats the worst on test accuracy.", claim_rate_matters),
+    Claim("weaker_penalty_grows", "A weaker penalty regularizes less: the weights grow and the train-test gap "
+                                  "widens (L2 from 3e-2 to 3e-3 to none).", claim_weaker_penalty),
+    Claim("overfit_large_weights", "Overfitting mostly happens when the weights are large: across the arms, the "
+                                   "larger the weights, the larger the train-test gap.", claim_large_weights),
+    Claim("l1_selects_features", "L1 picks only the important features by itself: with pure-noise input features "
+                                 "added, it drives their first-layer weights toward 0, far more than the real "
+                                 "features' and more than L2 does.", claim_selects_features),
+    Claim("longer_overfits", "The longer training goes, the more the variance grows compared with the bias's "
+                             "decrease: after its minimum the validation loss rises while the training loss keeps "
+                             "falling.", claim_longer_overfits),
 )
 
 
@@ -288,7 +464,13 @@ class Regularization(Study[RegularizationBudget]):
         b = ctx.budget
         runs = ctx.train_arms(self.base_config(b), ARMS,
                               callbacks_factory=lambda arm, seed: [TrainEval(), RegularizationProbe(b.mc_samples)])
-        return {"runs": runs}
+        every = {**runs, **ctx.train_arms(self.base_config(b), SWEEP,
+                                          callbacks_factory=lambda arm, seed: [TrainEval(), WeightProbe()])}
+        dataset, informative = noise_dataset(ctx, self.base_config(b))
+        noise = ctx.train_arms(self.base_config(b),
+                               {arm: {**o, "data.dataset": dataset} for arm, o in NOISE_ARMS.items()},
+                               callbacks_factory=lambda arm, seed: [TrainEval(), FeatureProbe(informative)])
+        return {"runs": runs, "all": every, "noise": noise}
 
     def present(self, results: dict[str, Any], ctx: StudyContext[RegularizationBudget]
                 ) -> tuple[list[FigureRef], list[Table]]:
@@ -318,7 +500,7 @@ class Regularization(Study[RegularizationBudget]):
         figures.append(ctx.figure(_mc_figure(runs), "dropout_ensemble",
                                   "Test accuracy of the average of k thinned networks (random dropout masks) against "
                                   "k, and of the single weight-scaled network (dashed): mean and 95% band."))
-        return figures, _tables(runs)
+        return figures, [*_tables(runs), _sweep_table(results["all"])]
 
 
 def _arm_columns() -> dict[str, Callable[[RunResult], float]]:
@@ -362,6 +544,17 @@ def _tables(runs: dict[str, list[RunResult]]) -> list[Table]:
               ["seed", "restored epoch", "stopped after", "validation minimum of 'none'", "test acc 'none'",
                "test acc early stopping"], es_rows),
     ]
+
+
+def _sweep_table(every: dict[str, list[RunResult]]) -> Table:
+    """The dropout-rate sweep and the L2 path: accuracies, gap and weight RMS per arm (means over seeds)."""
+    rows = [[f"dropout {rate:g}", arm] for rate, arm in DROPOUT_RATES.items()]
+    rows += [[f"L2 {strength:g}", arm] for strength, arm in L2_PATH]
+    return Table("Sweeps: the dropout rate and the L2 strength (means over seeds)",
+                 ["setting", "arm", "val acc", "test acc", "train - test acc", "RMS w"],
+                 [[name, arm, mean_finite(finals(every[arm], "val_acc")), mean_finite(finals(every[arm], "test_acc")),
+                   mean_finite([generalization_gap(r) for r in every[arm]]), mean_finite(_weights(every[arm], "rms"))]
+                  for name, arm in rows])
 
 
 def _histograms(runs: dict[str, list[RunResult]]) -> Any:

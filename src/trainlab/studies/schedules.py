@@ -20,6 +20,15 @@ step loss (a spike); the claim also asks whether the calmer start lasts, as the 
 The *roughness* (mean absolute change of the loss between consecutive steps / first loss) is reported alongside; it
 is no part of the claim, since over the start it mostly measures minibatch noise.
 
+Speed and the end (fixed before measuring, read from the stored per-epoch histories of the runs at their best peak):
+the *target training loss* is the highest mean final training loss (the loop's, in train mode) among constant, the
+monotone decays and one_cycle, so that on average every one of them gets there; a schedule is *faster* when it
+brings its training loss to the target more than ``FASTER_EPOCHS`` epochs sooner than the other (paired by seed; a
+run that never gets there counts as one epoch more than the budget, ``measures.steps_to_target``). A run *ends
+stable* by the mean absolute change of its validation loss between consecutive epochs over the last
+``end_epochs(E)`` epochs (a quarter of the run, at least 2); one schedule ends stabler when that is smaller by more
+than ``STABLER`` (in nats).
+
 Runs are paired by seed (same initial weights and batch order in every arm). Trainlab registers no linear decay, so
 "cosine beats step/linear decay" is tested against step and exponential decay, the other monotone decays.
 """
@@ -38,13 +47,16 @@ from trainlab.schedules import SCHEDULES, preview
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series)
-from trainlab.studies.measures import StepLoss, epochs_to_accuracy, mean_finite, reached
+from trainlab.studies.measures import StepLoss, epochs_to_accuracy, mean_finite, reached, steps_to_target
 
 DECAYS = ("step", "exponential", "cosine")  # the monotone decays the "decaying beats constant" claim compares
 STABILITY_OPTIMIZER = {"name": "adam", "lr": 0.03}  # 30x Adam's default: a start that spikes without warmup
 STABILITY_DEPTH = 4
 SPIKE_CAP = 1e3  # a non-finite loss (divergence) counts as a spike of this many times the first loss
 NO_WARMUP, WARMUP = "no warmup", "warmup"
+SPEED_SCHEDULES = ("constant", *DECAYS, "one_cycle")  # the schedules whose final losses set the target loss
+FASTER_EPOCHS = 1  # epochs sooner to the target loss by which one schedule must beat another to be "faster"
+STABLER = 0.005  # nats of mean |change| of the validation loss over the end by which one run must be "stabler"
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,40 @@ def best_lr(val_acc: dict[float, list[float]]) -> float:
     return max(sorted(val_acc), key=lambda lr: (float(np.mean(val_acc[lr])), -lr))
 
 
+def end_epochs(epochs: int) -> int:
+    """The epochs at the end over which a run's stability is read: a quarter of the run, at least 2."""
+    return max(2, epochs // 4)
+
+
+def end_roughness(values: list[float], window: int) -> float:
+    """Mean |change| between consecutive ones of the last ``window`` values (nan when fewer than 2 are finite)."""
+    x = np.asarray(values[-window:], dtype=float)
+    return float(np.abs(np.diff(x)).mean()) if len(x) >= 2 and np.isfinite(x).all() else float("nan")
+
+
+def target_loss(runs: dict[str, list[Any]]) -> float:
+    """The highest mean final training loss among ``SPEED_SCHEDULES``: a loss every one of them reaches on average."""
+    return max(float(np.mean(finals(runs[name], "train_loss"))) for name in SPEED_SCHEDULES)
+
+
+def claim_faster(r: dict[str, Any]) -> ClaimResult:
+    what = f"epochs until the training loss is <= {r['target_loss']:.3g}"
+    return joint({decay: compare_result(r["to_loss"][decay], r["to_loss"]["constant"], "less", what,
+                                        (decay, "constant"), min_effect=FASTER_EPOCHS) for decay in DECAYS})
+
+
+def claim_one_cycle(r: dict[str, Any]) -> ClaimResult:
+    what = f"epochs until the training loss is <= {r['target_loss']:.3g}"
+    parts = {f"faster than {other}": compare_result(r["to_loss"]["one_cycle"], r["to_loss"][other], "less", what,
+                                                    ("one_cycle", other), min_effect=FASTER_EPOCHS)
+             for other in ("constant", "cosine")}
+    parts.update({f"stabler end than {other}": compare_result(
+        r["end_roughness"]["one_cycle"], r["end_roughness"][other], "less",
+        "mean |change| of the validation loss over the last epochs", ("one_cycle", other), min_effect=STABLER)
+        for other in ("constant", "cosine")})
+    return joint(parts)
+
+
 def claim_cosine(r: dict[str, Any]) -> ClaimResult:
     acc = r["test_acc"]
     return joint({other: compare_result(acc["cosine"], acc[other], "greater", "final test accuracy",
@@ -124,6 +170,12 @@ CLAIMS = (
     Claim("decay_beats_constant", "Decaying the learning rate (step, exponential or cosine) beats keeping it "
                                   "constant: a higher final test accuracy, each at its best peak learning rate.",
           claim_decay),
+    Claim("schedule_faster", "A decaying schedule (step, exponential or cosine) speeds up training: it brings the "
+                             "training loss to a target in fewer epochs than a constant rate, each at its best peak "
+                             "learning rate.", claim_faster),
+    Claim("one_cycle_fast_stable", "One-cycle makes training converge fast and stay stable at the end: it brings "
+                                   "the training loss to the target in fewer epochs than constant and cosine, and "
+                                   "its validation loss changes less over the last epochs.", claim_one_cycle),
 )
 
 
@@ -175,7 +227,11 @@ class Schedules(Study[ScheduleBudget]):
                 "runs": runs, "warm_runs": warm,
                 "test_acc": {name: finals(rs, "test_acc") for name, rs in runs.items()},
                 "test_acc_warmup": {name: finals(rs, "test_acc") for name, rs in warm.items()},
-                "target": target,
+                "target": target, "target_loss": (loss := target_loss(runs)),
+                "to_loss": {name: [steps_to_target(r.metric("train_loss"), loss, b.epochs) for r in rs]
+                            for name, rs in runs.items()},
+                "end_roughness": {name: [end_roughness(r.metric("val_loss"), end_epochs(b.epochs)) for r in rs]
+                                  for name, rs in runs.items()},
                 "to_target": {name: [epochs_to_accuracy(r, target, b.epochs) for r in rs] for name, rs in runs.items()},
                 "stability": stability,
                 "peak": {arm: [p for p, _ in v] for arm, v in starts.items()},
@@ -222,11 +278,13 @@ class Schedules(Study[ScheduleBudget]):
             rows.append([name, lrs[name], mean_finite(results["test_acc"][name]),
                          mean_finite(finals(runs[name], "test_loss")), mean_finite(finals(runs[name], "train_loss")),
                          mean_finite(results["test_acc_warmup"][name]), mean_finite(hits) if hits else "never",
-                         f"{len(hits)}/{n}"])
+                         f"{len(hits)}/{n}", mean_finite(results["to_loss"][name]),
+                         mean_finite(results["end_roughness"][name])])
         main = Table(f"Schedules at their best peak lr, {b.epochs} epochs of {per_epoch} steps; warmup "
                      f"{warmup} steps (means over seeds)",
                      ["schedule", "peak lr", "test acc", "test loss", "train loss", "test acc + warmup",
-                      f"steps to val acc {results['target']:.3f}", "runs reaching it"], rows)
+                      f"steps to val acc {results['target']:.3f}", "runs reaching it",
+                      f"epochs to train loss {results['target_loss']:.3g}", "end: mean |change| of val loss"], rows)
         grid = Table("Peak learning-rate grid: mean final validation accuracy (the best peak is used)",
                      ["schedule"] + [f"lr {lr:g}" for lr in b.lrs],
                      [[name, *cells.values()] for name, cells in results["grid"].items()])
