@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +177,39 @@ def plot_schedules(schedules: Mapping[str, Schedule], total_steps: int, steps_pe
     if fig is not None:
         fig.tight_layout()
     return fig if fig is not None else ax.figure
+
+
+#: One histogram panel: (bin heights, (low edge, high edge), a note printed in its corner or "").
+HistogramCell = tuple[np.ndarray, tuple[float, float], str]
+
+
+def histogram_grid(rows: Sequence[str], columns: Sequence[str], cell: Callable[[int, int], HistogramCell], *,
+                   title: str, width: float = 2.1, height: float = 1.25) -> Any:
+    """A grid of histograms, one row per ``rows`` label (an init) and one column per ``columns`` label (a layer),
+    ``cell(r, c)`` giving each panel's bins; the layout of the notes' activation-distribution pictures.
+
+    Each panel shows its own range as its only two x ticks and no y ticks, and the margins are fixed: the default
+    ticks and ``tight_layout`` over dozens of small axes cost seconds."""
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(width * len(columns) + 0.6, height * len(rows)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c, column in enumerate(columns):
+            ax = axes[r][c]
+            hist, (lo, hi), note = cell(r, c)
+            ax.stairs(hist, np.linspace(lo, hi, len(hist) + 1), fill=True, color="#4c72b0")
+            if note:
+                ax.text(0.97, 0.93, note, transform=ax.transAxes, ha="right", va="top", fontsize=6)
+            ax.set_xticks([lo, hi], [f"{lo:.2g}", f"{hi:.2g}"])
+            ax.set_yticks([])
+            ax.tick_params(labelsize=6, pad=1)
+            if r == 0:
+                ax.set_title(column, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(row, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    inches = height * len(rows)  # margins of 0.35 in below and 0.75 in above (the title and column labels)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.35 / inches, top=1 - 0.75 / inches, wspace=0.1, hspace=0.45)
+    return fig
 
 
 def panel_grid(n: int, width: float = 3.0, height: float = 2.4) -> tuple[Any, np.ndarray]:

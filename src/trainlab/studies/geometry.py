@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainlab.figures import HistogramCell, histogram_grid
 from trainlab.models import MLP
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, joint,
@@ -722,29 +723,14 @@ def _off_axis_seed(lr: dict[str, Any]) -> int:
 def _histograms_figure(forward: dict[str, list[dict[str, np.ndarray]]], act: str) -> Any:
     stats = forward[act][0]
     layers = len(stats["zeros/std"])
-    fig, axes = plt.subplots(len(INITS), layers, figsize=(2.1 * layers + 0.6, 1.25 * len(INITS)), squeeze=False)
-    for r, init in enumerate(INITS):
-        for c in range(layers):
-            ax = axes[r][c]
-            lo, hi = stats[f"{init}/range"][c]
-            edges = np.linspace(lo, hi, BINS + 1)
-            ax.stairs(stats[f"{init}/hist"][c], edges, fill=True, color="#4c72b0")
-            text = f"std {stats[f'{init}/std'][c]:.2g}"
-            if act == "relu":
-                text += f"\nzeros {stats[f'{init}/zeros'][c]:.0%}"
-            ax.text(0.97, 0.93, text, transform=ax.transAxes, ha="right", va="top", fontsize=6)
-            # Two ticks per axis (the row's range): drawing the default ticks of 45 axes costs seconds.
-            ax.set_xticks([lo, hi], [f"{lo:.2g}", f"{hi:.2g}"])
-            ax.set_yticks([])
-            ax.tick_params(labelsize=6, pad=1)
-            if r == 0:
-                ax.set_title(f"hidden {c + 1}", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(LABELS[init], fontsize=7)
-    fig.suptitle(f"{act} activations per hidden layer", fontsize=10)
-    # Fixed margins: tight_layout over 45 small axes costs seconds.
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.03, top=0.94, wspace=0.1, hspace=0.45)
-    return fig
+
+    def cell(r: int, c: int) -> HistogramCell:
+        init = list(INITS)[r]
+        note = f"std {stats[f'{init}/std'][c]:.2g}" + (f"\nzeros {stats[f'{init}/zeros'][c]:.0%}" if act == "relu" else "")
+        return stats[f"{init}/hist"][c], tuple(stats[f"{init}/range"][c]), note
+
+    return histogram_grid([LABELS[init] for init in INITS], [f"hidden {c + 1}" for c in range(layers)], cell,
+                          title=f"{act} activations per hidden layer")
 
 
 def _tables(results: dict[str, Any]) -> list[Table]:

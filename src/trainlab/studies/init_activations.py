@@ -48,7 +48,7 @@ from torch import nn
 from trainlab.callbacks import Callback
 from trainlab.diagnostics import probe_forward
 from trainlab.models import MLP
-from trainlab.figures import curves_figure
+from trainlab.figures import HistogramCell, curves_figure, histogram_grid
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series, threshold_result)
@@ -544,23 +544,14 @@ def _histograms(forward: dict[str, Any], act: str) -> Any:
     inits = [i for i in INITS if i != "zeros"]
     depth = len(forward[act][inits[0]][0]["std"])
     cols = sorted(set(np.linspace(0, depth - 1, min(5, depth)).round().astype(int)))
-    fig, axes = plt.subplots(len(inits), len(cols), figsize=(2.2 * len(cols), 1.5 * len(inits)), squeeze=False)
-    for r, init in enumerate(inits):
-        stats = forward[act][init][0]
-        for c, layer in enumerate(cols):
-            ax = axes[r][c]
-            hist, (lo, hi) = stats["hist"][layer], stats["hist_range"][layer]
-            ax.stairs(hist / max(hist.sum(), 1), np.linspace(lo, hi, len(hist) + 1), fill=True, color="#4c72b0")
-            ax.set_yticks([])
-            ax.tick_params(labelsize=7)
-            if r == 0:
-                ax.set_title(f"layer {layer + 1}", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(LABELS[init], fontsize=8)
-    fig.suptitle(f"{act} activations", fontsize=10)
-    # Fixed margins: tight_layout over 25 small axes costs seconds.
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.05, top=0.9, wspace=0.12, hspace=0.35)
-    return fig
+
+    def cell(r: int, c: int) -> HistogramCell:
+        stats = forward[act][inits[r]][0]
+        hist = stats["hist"][cols[c]]
+        return hist / max(hist.sum(), 1), tuple(stats["hist_range"][cols[c]]), ""
+
+    return histogram_grid([LABELS[init] for init in inits], [f"layer {layer + 1}" for layer in cols], cell,
+                          title=f"{act} activations", width=2.2, height=1.5)
 
 
 def _per_layer(forward: dict[str, Any], key: str, log: bool = False, acts: tuple[str, ...] = ACTIVATIONS) -> Any:
