@@ -84,8 +84,8 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
                                                                "one process with the same batch_size.")) -> None:
     """Train one config; write the run directory (config, metrics, summary, checkpoint).
 
-    Under torchrun (``torchrun ... -m trainlab.cli train CONFIG``, any number of machines) each process trains its
-    rank of one data-parallel run; ``--nproc N`` starts such a job on this machine.
+    Under torchrun ('torchrun ... -m trainlab.cli train CONFIG', any number of machines) each process trains its
+    rank of one data-parallel run; --nproc N starts such a job on this machine.
     """
     from trainlab.config import load_config
     from trainlab.runs import config_hash, train as train_run
