@@ -111,7 +111,7 @@ def test_doctor_names_the_problem_and_writes_a_page(tmp_path):
 
 def test_cluster_without_repair_and_an_unreachable_cluster_are_refused_before_training(tmp_path):
     doctor = runner.invoke(app, ["doctor", "examples/sick_dead_relu.yaml", "--cluster", "auto", "--out", str(tmp_path)])
-    assert doctor.exit_code == 2 and "--cluster trains the fixes of --repair" in doctor.output
+    assert doctor.exit_code == 2 and "--cluster and --workers train the fixes of --repair" in doctor.output
     ensemble = runner.invoke(app, ["ensemble", "examples/breast_cancer_mlp.yaml", "--method", "bagging",
                                    "--cluster", "127.0.0.1:1", "--out", str(tmp_path / "e")])
     assert ensemble.exit_code == 2 and "Could not connect to the Ray cluster at '127.0.0.1:1'" in ensemble.output

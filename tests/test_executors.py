@@ -73,3 +73,36 @@ def test_queue_progress_drives_the_parents_display():
         tasks = {t.description: (t.completed, t.total) for t in display.tasks}
     assert tasks == {"arm a": (3, 3)} and first != second
     assert "a note" in out.getvalue()
+
+
+def test_bagging_members_in_two_worker_processes_predict_as_members_trained_here():
+    import torch
+
+    from trainlab.config import load_config
+    from trainlab.data import load_data
+    from trainlab.ensembles import build_ensemble
+
+    config = load_config({"data": {"dataset": {"name": "moons", "n_samples": 300}, "batch_size": 32},
+                          "model": {"name": "mlp", "depth": 1, "width": 16}, "epochs": 3})
+    data = load_data(config.data)
+    pooled = build_ensemble(config, "bagging", 3, data=data, workers=2)
+    here = build_ensemble(config, "bagging", 3, data=data)
+    assert len(pooled.members) == 3
+    assert torch.equal(pooled.predict_proba(data.x_test), here.predict_proba(data.x_test))
+
+
+def test_a_repair_with_two_worker_processes_decides_as_in_this_process(tmp_path):
+    from trainlab.config import load_config
+    from trainlab.diagnostics import repair
+    from trainlab.runs import Store
+
+    config = load_config({"data": {"dataset": "digits", "batch_size": 64}, "model": {
+        "name": "mlp", "depth": 2, "width": 32, "activation": "tanh", "init": "zeros"}})
+    pooled = repair(config, 150, store_dir=tmp_path / "pooled", workers=2)
+    alone = repair(config, 150, store_dir=tmp_path / "alone")
+    assert pooled.lines() == alone.lines() and pooled.overrides == alone.overrides == {"model.init.name": "auto"}
+    assert Store(tmp_path / "pooled").verify() == []
+    # Every candidate fix trained up front, so those the search in order stopped before are stored too.
+    assert {p.name for p in (tmp_path / "alone").iterdir()} <= {p.name for p in (tmp_path / "pooled").iterdir()}
+    with pytest.raises(ValueError, match="'workers' parameter must be an int >= 1"):
+        repair(config, 150, workers=0)

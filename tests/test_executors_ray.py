@@ -32,6 +32,9 @@ STUDY = "learning_rate"
 
 @pytest.fixture(scope="module")
 def cluster():
+    if not ADDRESS and os.environ.get("CI"):
+        pytest.fail("CI runs the cluster tests: scripts/test.sh must start a Ray cluster (scripts/ray.sh) and set "
+                    "TRAINLAB_TEST_RAY")
     if not ADDRESS:
         pytest.skip("no Ray cluster: scripts/test.sh starts one (scripts/ray.sh) and sets TRAINLAB_TEST_RAY")
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[dev]' installs it)")

@@ -75,7 +75,6 @@ def test_small_weights_claim_needs_the_shallow_net_close_to_he_and_the_deep_one_
     assert found.numbers["fails with 6: mean"] == pytest.approx(np.mean(he) - np.mean(far))
     runs["shallow normal_0.01"] = _acc_runs(far)  # small weights fail in the shallow net too
     assert claim_small_shallow(r).verdict == "refuted"
-    assert SHORTFALL < np.mean(he) - np.mean(far)
 
 
 def test_gradient_flow_balances_tanh_from_xavier_and_not_from_large_weights():
@@ -106,7 +105,7 @@ def test_the_plateau_claim_counts_steps_to_the_target_and_needs_the_minimum_dela
     fast = [RunResult({}, [], {}, {"step_loss": curve(k)}) for k in (10, 12, 11)]
     slow = [RunResult({}, [], {}, {"step_loss": curve(k)}) for k in (60, 65, 70)]
     # The moving average (beta 0.9) of 3.0 then 0.5 falls below 0.9 ln(10) ≈ 2.07 at the fourth step of 0.5.
-    assert plateau_steps(fast, 100) == [k + 4 for k in (10, 12, 11)] and 0.5 < target < 3.0
+    assert plateau_steps(fast, 100) == [k + 4 for k in (10, 12, 11)]
     assert claim_plateau_slow({"plateau": {"normal_1": slow, "xavier": fast}}).verdict == "supported"
     barely = [RunResult({}, [], {}, {"step_loss": curve(k)}) for k in (13, 14, 12)]  # 1-3 steps later, LATER is 10
     assert claim_plateau_slow({"plateau": {"normal_1": barely, "xavier": fast}}).verdict == "refuted"

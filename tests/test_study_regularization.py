@@ -169,7 +169,7 @@ def test_large_weights_claim_is_the_per_seed_rank_correlation_across_arms():
     assert found.verdict == "supported" and found.numbers["mean"] == pytest.approx(1.0)
     every = {f"arm{i}": scored([0.4] * 4, gaps=[0.1 * i + 0.01 * s for s in range(4)],
                                rms=[1.0 - 0.1 * i + 0.02 * s for s in range(4)]) for i in range(5)}
-    assert claim_large_weights({"all": every}).verdict == "refuted" and MIN_CORRELATION > -1
+    assert claim_large_weights({"all": every}).verdict == "refuted"
 
 
 def test_noise_features_double_the_inputs_and_the_probe_compares_their_first_layer_weights():
@@ -245,9 +245,7 @@ def test_on_three_seeds_l1_gives_sparse_weights_and_a_second_run_trains_nothing(
         np.mean(finals(every["dropout@0.7"], "test_acc")))
     assert claims["weaker_penalty_grows"].numbers["0.003 vs 0.03: gap widens: L2 0.003 mean"] == pytest.approx(
         np.mean([generalization_gap(r) for r in every["l2@0.003"]]))
-    seed0 = rank_correlation([r[0].extras["weights"]["rms"] for r in every.values()],
-                             [generalization_gap(r[0]) for r in every.values()])
-    assert claims["overfit_large_weights"].numbers["n"] == 3 and -1 <= seed0 <= 1
+    assert claims["overfit_large_weights"].numbers["n"] == 3
     rises = [after_val_minimum(r)[0] for r in runs["none"]]
     assert claims["longer_overfits"].numbers["validation loss rises: mean"] == pytest.approx(np.mean(rises))
     # The noise arms see the digits' 64 pixels and 64 noise features; the claim reads their first layers' ratio.

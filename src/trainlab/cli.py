@@ -272,6 +272,8 @@ def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
            out: Path = typer.Option(Path("doctor"), "--out", help="Where the record and doctor.html go."),
            cluster: Optional[str] = typer.Option(None, "--cluster",
                                                  help=CLUSTER_HELP.format(what="the fixes of --repair")),
+           workers: int = typer.Option(1, "--workers", min=1, help="With --repair: train the candidate fixes at once "
+                                                                   "in this many local processes."),
            tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Export the record for "
                                                                                "TensorBoard here.")) -> None:
     """Train briefly with per-layer probes and print what is wrong, with the technique that fixes it."""
@@ -282,12 +284,13 @@ def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
     con = console()
     if repair:
         result = run_repair(load_config(config, set_), steps, full=full, out_dir=out, cluster=cluster,
-                            **({"seeds": seeds} if seeds is not None else {}))
+                            workers=workers, **({"seeds": seeds} if seeds is not None else {}))
         result.render(con)
         con.print(f"repaired config: {out / 'repaired.yaml'}", highlight=False)
     else:
-        if cluster is not None:
-            fail("--cluster trains the fixes of --repair; without --repair the doctor trains one short run here.")
+        if cluster is not None or workers != 1:
+            fail("--cluster and --workers train the fixes of --repair; without --repair the doctor trains one short "
+                 "run here.")
         report = run_doctor(load_config(config, set_), steps, full=full, out_dir=out, tensorboard_dir=tensorboard)
         report.render(con)
     con.print(f"report: {out / 'doctor.html'}", highlight=False)
@@ -391,6 +394,8 @@ def ensemble(config: Path = typer.Argument(..., help="A run config (YAML) of a c
              out: Path = typer.Option(Path("ensemble"), "--out", help="Where ensemble.json goes."),
              as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
              cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP.format(what="the members")),
+             workers: int = typer.Option(1, "--workers", min=1, help="bagging: train the members in this many local "
+                                                                     "processes."),
              quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors.")) -> None:
     """Train an ensemble and compare it on the test split with its average and its best member."""
     from rich.table import Table
@@ -398,7 +403,7 @@ def ensemble(config: Path = typer.Argument(..., help="A run config (YAML) of a c
     from trainlab.config import load_config
     from trainlab.ensembles import run_ensemble
 
-    summary = run_ensemble(load_config(config, set_), method, members, out=out, cluster=cluster)
+    summary = run_ensemble(load_config(config, set_), method, members, out=out, cluster=cluster, workers=workers)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=float))
     elif not quiet:

@@ -96,8 +96,9 @@ def ranks_from(env: Mapping[str, str]) -> Ranks | None:
     return Ranks(**values) if values["world_size"] > 1 else None
 
 
-def check_config(config: RunConfig, nproc: int) -> None:
-    """Refuse, before any process starts, what ``nproc`` processes cannot train as one process would."""
+def check_config(config: RunConfig, nproc: int, local: int | None = None) -> None:
+    """Refuse, before any process starts, what ``nproc`` processes cannot train as one process would; ``local`` of
+    them (default: all) run on this machine, each on one of its CUDA devices when the run is on CUDA."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"The number of processes (--nproc) must be an integer >= 1. Got {nproc!r} instead.")
     batch_size = config.data.batch_size
@@ -111,8 +112,9 @@ def check_config(config: RunConfig, nproc: int) -> None:
                           f"in one process (--nproc 1), or use a minibatch optimizer (adamw, sgd, ...).")
     from trainlab.trainer import resolve_device
 
-    if resolve_device(config.device).type == "cuda" and nproc > torch.cuda.device_count():
-        raise ConfigError(f"--nproc {nproc} asks for one CUDA device per process, and this machine has "
+    local = nproc if local is None else local  # the processes on this machine, each taking one of its devices
+    if resolve_device(config.device).type == "cuda" and local > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {local} asks for one CUDA device per process, and this machine has "
                           f"{torch.cuda.device_count()}. Use --nproc {torch.cuda.device_count()} or fewer.")
 
 
@@ -121,7 +123,7 @@ def start(ranks: Ranks, config: RunConfig) -> DataParallel:
     config's device resolves to CUDA (``device: auto`` with a GPU, or ``cuda``), gloo and the CPU otherwise."""
     from trainlab.trainer import resolve_device
 
-    check_config(config, ranks.world_size)
+    check_config(config, ranks.world_size, ranks.local_world_size)
     _die_with_launcher(ranks.launcher_pid)
     device = resolve_device(config.device)
     if device.type == "cuda":

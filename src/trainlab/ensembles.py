@@ -221,13 +221,14 @@ def voting(config: RunConfig, data: Data, k: int) -> Ensemble:
     return Ensemble(seed_members(config, data, k), _uniform(k), "voting", "hard")
 
 
-def bagging(config: RunConfig, data: Data, k: int, cluster: str | None = None) -> Ensemble:
+def bagging(config: RunConfig, data: Data, k: int, cluster: str | None = None, workers: int = 1) -> Ensemble:
     """K members, member m trained with seed ``seed + m`` on a bootstrap resample drawn from ``bootstrap_generator``;
-    each member one job (``executors.run_jobs``: here, or all at once on ``cluster``)."""
+    each member one job (``executors.run_jobs``: here, in ``workers`` local processes, or all at once on
+    ``cluster``)."""
     from trainlab.executors import Job, run_jobs
 
     jobs = [Job(f"bagging member {m}", _bagged_member, (config, data, m)) for m in range(k)]
-    return Ensemble(run_jobs(jobs, cluster=cluster), _uniform(k), "bagging", "soft")
+    return Ensemble(run_jobs(jobs, workers, cluster), _uniform(k), "bagging", "soft")
 
 
 def _bagged_member(config: RunConfig, data: Data, m: int, progress: Any = None) -> nn.Module:
@@ -294,10 +295,12 @@ METHODS: dict[str, Callable[[RunConfig, Data, int], Ensemble]] = {
 
 
 def build_ensemble(config: RunConfig, method: str, members: int, *,
-                   data: Data | ArraysLike | None = None, cluster: str | None = None) -> Ensemble:
+                   data: Data | ArraysLike | None = None, cluster: str | None = None,
+                   workers: int = 1) -> Ensemble:
     """Train an ensemble of ``members`` (K >= 2) by ``method`` from a validated config; ``data`` replaces loading
     ``config.data`` (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``). Classification only.
-    ``cluster``: train on that Ray cluster (see the module's docstring) and bring the members back here."""
+    ``cluster``: train on that Ray cluster (see the module's docstring) and bring the members back here;
+    ``workers`` > 1: bagging's members train in that many local processes (the other methods are one job)."""
     from trainlab.data import as_data
     from trainlab.executors import Job, run_jobs
 
@@ -313,7 +316,7 @@ def build_ensemble(config: RunConfig, method: str, members: int, *,
         raise ValueError(f"Ensembles here combine class probabilities, so they need a classification task; "
                          f"the dataset {config.data.dataset.name!r} is a {data.task} task.")
     if method == "bagging":
-        return bagging(config, data, members, cluster)
+        return bagging(config, data, members, cluster, workers)
     return run_jobs([Job(f"{method} ensemble", _method_job, (method, config, data, members))],
                     cluster=cluster)[0]
 
@@ -323,16 +326,17 @@ def _method_job(method: str, config: RunConfig, data: Data, k: int, progress: An
 
 
 def run_ensemble(config: RunConfig, method: str, members: int, out: str | Path | None = None, *,
-                 data: Data | ArraysLike | None = None, cluster: str | None = None) -> dict[str, Any]:
+                 data: Data | ArraysLike | None = None, cluster: str | None = None,
+                 workers: int = 1) -> dict[str, Any]:
     """Train, evaluate on the test split and (with ``out``) write ``OUT/ensemble.json``; the summary. ``data``
     (arrays ``(x, y)`` / ``(x, y, x_test, y_test)`` or a ``Data``) replaces the config's dataset; ``cluster``
-    trains on that Ray cluster (``build_ensemble``)."""
+    trains on that Ray cluster and ``workers`` in local processes (``build_ensemble``)."""
     from trainlab.data import as_data
     from trainlab.runs import config_hash
 
     require_config(config, "run_ensemble")
     data = as_data(data, config.data, "run_ensemble")
-    result = build_ensemble(config, method, members, data=data, cluster=cluster)
+    result = build_ensemble(config, method, members, data=data, cluster=cluster, workers=workers)
     summary = {**result.evaluate(data, "test"), "requested_members": members, "config_hash": config_hash(config),
                "config": config.model_dump(mode="json")}
     if out is not None:

@@ -11,7 +11,8 @@ separate). Which modules are activations, and which of them saturate or can die,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -355,8 +356,8 @@ def describe_model(model: nn.Module, x: Tensor) -> dict[str, Any]:
     """One forward of ``x`` in eval mode without gradients: the leaf modules and the activation / softmax calls in
     the order they ran (``sequence``), and a summary of the output (``output``, see ``output_summary``)."""
     sequence: list[dict[str, Any]] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, name=name: sequence.append(_module_event(name, mod)))
-               for name, m in _leaf_modules(model).items()]
+    hooks = {m: (lambda mod, i, o, name=name: sequence.append(_module_event(name, mod)))
+             for name, m in _leaf_modules(model).items()}
 
     def on_call(family: tuple[str, type[nn.Module]], out: Any) -> None:
         sequence.append({"name": f"{family[0]}()", "kind": family[1].__name__, "weight": False, "affine": False,
@@ -365,12 +366,10 @@ def describe_model(model: nn.Module, x: Tensor) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _FunctionalCapture(on_call, STRUCTURE_FUNCTIONS):
+        with forward_hooks(hooks), torch.no_grad(), _FunctionalCapture(on_call, STRUCTURE_FUNCTIONS):
             out = model(x)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
     return {"sequence": sequence, "output": output_summary(out) if isinstance(out, Tensor) and out.ndim else {}}
 
 
@@ -390,11 +389,17 @@ def locate_nonfinite(model: nn.Module, x: Tensor) -> dict[str, Any]:
                           "input_finite": all(bool(torch.isfinite(t).all()) for t in ins)})
         return check
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in _leaf_modules(model).items()]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks({m: hook(name) for name, m in _leaf_modules(model).items()}), torch.no_grad():
+        model(x)
     return {**(first[0] if first else {}), "params": bad_params}
+
+
+@contextmanager
+def forward_hooks(hooks: Mapping[nn.Module, Callable[..., Any]]) -> Iterator[None]:
+    """Each module's forward hook registered for the block, and removed however the block ends."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -197,15 +197,17 @@ def _seeds(config: RunConfig, n: int) -> list[RunConfig]:
     return [load_config(config, {"seed": config.seed + i}) for i in range(n)]
 
 
-def _train_on_cluster(root: Path, configs: list[RunConfig], seeds: int, cluster: str) -> None:
-    """Train the ``seeds`` seeds of each config into the store at ``root`` on ``cluster``, one task per config (its
-    seeds one batch), all at once; configs that are the same train once."""
+def _train_ahead(root: Path, configs: list[RunConfig], seeds: int, workers: int, cluster: str | None) -> None:
+    """Train the ``seeds`` seeds of each config into the store at ``root`` in ``workers`` local processes or on
+    ``cluster``, one job per config (its seeds one batch), all at once; configs that are the same train once."""
     from trainlab.executors import Job, check_shared, run_jobs, train_in_store
     from trainlab.runs import config_hash
 
     unique, shared = {config_hash(c): c for c in configs}, str(root.resolve())
-    check_shared(run_jobs([Job(f"repair · {key}", train_in_store, (shared, _seeds(config, seeds)))
-                           for key, config in unique.items()], cluster=cluster), shared, cluster)
+    results = run_jobs([Job(f"repair · {key}", train_in_store, (shared, _seeds(config, seeds)))
+                        for key, config in unique.items()], workers, cluster)
+    if cluster is not None:
+        check_shared(results, shared, cluster)
 
 
 def _metric(base: list[RunResult], fixed: list[RunResult]) -> tuple[str, list[float], list[float], bool]:
@@ -244,19 +246,23 @@ def _val_curves(results: list[RunResult]) -> list[list[float]]:
 
 def repair(config: RunConfig, steps: int | None = None, *, full: bool = False, seeds: int = DEFAULT_SEEDS,
            alpha: float = ALPHA, out_dir: str | Path | None = None,
-           store_dir: str | Path | None = None, cluster: str | None = None) -> RepairReport:
+           store_dir: str | Path | None = None, cluster: str | None = None, workers: int = 1) -> RepairReport:
     """Diagnose ``config`` (``doctor``, same budget), then try each finding's fixes (``FIXES``) over ``seeds``
     seeds against the unchanged config; keep the first fix per finding whose gain is significant (paired t-test at
     ``alpha``). The repaired config is the config with every kept fix's overrides (the earlier finding's win where
     two set the same path). With ``out_dir``: ``repaired.yaml`` and ``doctor.html``; runs are cached under
     ``store_dir`` (default ``out_dir/runs``, or a temporary folder). ``cluster``, a Ray cluster's address, trains the
-    candidate fixes there, all at once; ``store_dir`` must then be a folder every node sees.
+    candidate fixes there, all at once; ``store_dir`` must then be a folder every node sees. ``workers`` > 1 trains
+    them all at once in that many local processes instead.
     """
     from trainlab.config import RunConfig, load_config
 
     if not isinstance(config, RunConfig):
         raise TypeError(f"The 'config' argument of repair must be a RunConfig (load_config makes one from a YAML "
                         f"path or a dict). Got {type(config).__name__} instead.")
+    from trainlab.executors import check_cluster, check_workers
+
+    check_cluster(cluster, check_workers(workers))
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 3:
         # A paired t-test needs at least three pairs to judge (df = 2).
         raise ValueError(f"The 'seeds' parameter of repair must be an int >= 3. Got {seeds!r} instead.")
@@ -269,7 +275,7 @@ def repair(config: RunConfig, steps: int | None = None, *, full: bool = False, s
     with tempfile.TemporaryDirectory(prefix="trainlab-repair-") as tmp, (
             connect(cluster) if cluster is not None else contextlib.nullcontext()):
         report = _repair(budget, diagnosis, seeds, alpha, Path(store_dir) if store_dir is not None else Path(tmp),
-                         cluster)
+                         workers, cluster)
     report.repaired = load_config(config, report.overrides)
     if out_dir is not None:
         report.write(out_dir)
@@ -277,15 +283,15 @@ def repair(config: RunConfig, steps: int | None = None, *, full: bool = False, s
 
 
 def _repair(budget: RunConfig, diagnosis: DiagnosisReport, seeds: int, alpha: float, root: Path,
-            cluster: str | None = None) -> RepairReport:
+            workers: int = 1, cluster: str | None = None) -> RepairReport:
     from trainlab.config import load_config
     from trainlab.runs import Store
 
     store = Store(root)
-    if cluster is not None:
-        _train_on_cluster(root, [budget, *(load_config(budget, overrides) for finding in diagnosis.findings
-                                           if finding.severity != "info"
-                                           for overrides in fixes_for(finding.code, budget))], seeds, cluster)
+    if workers > 1 or cluster is not None:
+        _train_ahead(root, [budget, *(load_config(budget, overrides) for finding in diagnosis.findings
+                                      if finding.severity != "info"
+                                      for overrides in fixes_for(finding.code, budget))], seeds, workers, cluster)
     base = store.run_many(_seeds(budget, seeds))[0]
     attempts, unfixable, merged = [], [], {}
     for finding in diagnosis.findings:
@@ -303,6 +309,6 @@ def _repair(budget: RunConfig, diagnosis: DiagnosisReport, seeds: int, alpha: fl
     curves = {"before": _val_curves(base)}
     if merged:
         if cluster is not None:
-            _train_on_cluster(root, [load_config(budget, merged)], seeds, cluster)
+            _train_ahead(root, [load_config(budget, merged)], seeds, 1, cluster)
         curves["after"] = _val_curves(store.run_many(_seeds(load_config(budget, merged), seeds))[0])
     return RepairReport(diagnosis, attempts, merged, budget, unfixable, curves)

@@ -65,6 +65,7 @@ from torch import nn
 from trainlab.activations import ACTIVATIONS as ACTIVATION_REGISTRY
 from trainlab.callbacks import Callback
 from trainlab.diagnostics import Diagnostics, probe_forward, probed_modules
+from trainlab.diagnostics.probes import forward_hooks
 from trainlab.initializers import Auto
 from trainlab.figures import bars_figure, curves_figure, grouped_bars_figure
 from trainlab.studies import register_study
@@ -116,13 +117,8 @@ def dead_fraction(model: nn.Module, x: torch.Tensor, eps: float = SLOPE_EPS) -> 
 
         return hook
 
-    handles = [m.register_forward_hook(keep_input(name)) for name, m in modules.items()]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks({m: keep_input(name) for name, m in modules.items()}), torch.no_grad():
+        model(x)
     out = []
     for name, module in modules.items():
         z = inputs[name].clone().requires_grad_(True)
