@@ -14,7 +14,6 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np

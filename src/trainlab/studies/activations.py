@@ -70,7 +70,7 @@ from trainlab.initializers import Auto
 from trainlab.figures import bars_figure, curves_figure, grouped_bars_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
-                                   finals, joint, series, threshold_result)
+                                   finals, joint, one_thread, series, threshold_result)
 from trainlab.studies.measures import StepLoss, mean_finite, reached, smoothed_loss, steps_to_target
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "selu")
@@ -226,9 +226,7 @@ def benchmark(activations: tuple[str, ...], size: int, reps: int, seed: int) -> 
     One thread; the activations take turns within each repeat, so a slow spell of a shared machine hits them
     alike; a first round warms up and is not counted.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         generator = torch.Generator().manual_seed(seed)
         x = torch.randn(size, generator=generator)
         grad = torch.randn(size, generator=generator)
@@ -241,8 +239,6 @@ def benchmark(activations: tuple[str, ...], size: int, reps: int, seed: int) -> 
                 module(leaf).backward(grad)
                 times[name].append(time.perf_counter() - start)
         return {name: min(t[1:]) for name, t in times.items()}
-    finally:
-        torch.set_num_threads(threads)
 
 
 def log_ratio(rms: np.ndarray) -> np.ndarray:

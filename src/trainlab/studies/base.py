@@ -16,11 +16,9 @@ evaluation, step losses, steps to a target, the generalization gap, ...) live in
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
+import torch
 
 from trainlab.callbacks import Callback
 from trainlab.checkpoints import atomic_write, atomic_write_text
@@ -41,6 +40,18 @@ from trainlab.stats import Evidence, Verdict
 VERDICTS: tuple[Verdict, ...] = ("supported", "refuted", "inconclusive")
 Mode = Literal["smoke", "quick", "full"]
 MODES: tuple[str, ...] = ("smoke", "quick", "full")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run on one thread: ops this small run fastest there (and many times slower when threads compete for busy
+    cores); the thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from trainlab.data import load_data
 from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
-                                   finals, joint, series, threshold_result)
+                                   finals, joint, one_thread, series, threshold_result)
 from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, train_metric
 from trainlab.models import MLP
 from trainlab.runs import RunResult
@@ -186,9 +186,7 @@ def init_gradients(budget: BatchNormBudget, config: Any, scales: list[float], se
     data = load_data(config.data)
     x, y = data.x_train.double(), data.y_train
     out: dict[str, Any] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for v, norm in (("none", "none"), ("bn", "batch")):
             rows = []
             for seed in seeds:
@@ -198,8 +196,6 @@ def init_gradients(budget: BatchNormBudget, config: Any, scales: list[float], se
                 rows.append([gradient_decades(spec.build(data.input_shape, data.num_outputs, generator).double(), x, y)
                              for spec in specs])
             out[v] = np.array(rows)
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

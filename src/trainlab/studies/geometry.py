@@ -58,7 +58,7 @@ from trainlab.figures import HistogramCell, histogram_grid
 from trainlab.models import MLP
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, joint,
-                                   threshold_result)
+                                   one_thread, threshold_result)
 from trainlab.studies.measures import mean_finite
 
 FEATURES = ("bmi", "bp")
@@ -266,9 +266,7 @@ def distinct_minima(ends: np.ndarray) -> np.ndarray:
 
 def landscape(budget: GeometryBudget, seeds: list[int]) -> dict[str, Any]:
     """The three minima, the loss on a grid of the plane, and gradient descent from each seed's starts."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # ops this small run fastest on one thread
-    try:
+    with one_thread():  # ops this small run fastest on one thread
         x, y = digits(budget.landscape_samples)
         loss = PlaneLoss(x, y, [train_minimum(x, y, seed) for seed in range(3)])
         axis = np.linspace(*BOX, budget.grid)
@@ -280,8 +278,6 @@ def landscape(budget: GeometryBudget, seeds: list[int]) -> dict[str, Any]:
         runs = descend(loss, starts, budget.landscape_steps)
         with torch.no_grad():
             minima_loss = loss(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])).numpy()
-    finally:
-        torch.set_num_threads(threads)
     shape = (len(seeds), budget.starts)
     return {"axis": axis, "surface": surface.numpy().reshape(budget.grid, budget.grid),
             "minima_loss": minima_loss, "path": runs["path"].reshape(*shape, -1, 2),
@@ -365,12 +361,8 @@ def forward_stats(activation: str, seed: int, budget: GeometryBudget) -> dict[st
     its drawn range (``drawn_histogram``), the distance from a flat
     histogram, and per uniform/normal pair the std ratios and histogram distances, layer by layer."""
     x, _ = digits(budget.samples)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         acts = {init: activations_per_layer(activation, init, seed, x, budget) for init in INITS}
-    finally:
-        torch.set_num_threads(threads)
     out: dict[str, np.ndarray] = {}
     for init, layers in acts.items():
         ranges = [drawn_range(activation, v) for v in layers]

@@ -35,8 +35,7 @@ when its test accuracy falls short of Xavier's and of He's by more than ``SHORTF
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +50,7 @@ from trainlab.models import MLP
 from trainlab.figures import HistogramCell, curves_figure, histogram_grid
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
-                                   finals, joint, series, threshold_result)
+                                   finals, joint, one_thread, series, threshold_result)
 from trainlab.studies.measures import StepLoss, mean_finite, smoothed_loss, steps_to_target
 
 INITS: dict[str, Any] = {
@@ -99,18 +98,6 @@ class InitBudget(Budget):
     networks: int = 10  # random networks per seed: a seed's statistics average over them
     train_depth: int = 6  # hidden layers of the trained MLP
     shallow_depth: int = 1  # hidden layers of the shallow trained MLP
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run on one thread: ops this small run fastest there (and many times slower when threads compete for busy
-    cores); the thread count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def forward_stats(activation: str, init: str, seed: int, budget: InitBudget) -> dict[str, Any]:
