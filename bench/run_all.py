@@ -8,7 +8,7 @@ The file starts with the machine (CPU model, cores, memory), the date, Python, t
 the load average before the run, then each benchmark's command, wall time and output. ``bench/RESULTS.md`` holds
 the curated figures (ratios, what they mean) taken from such runs. The main job's wall time is the
 ``main_job`` entry (``trainlab study all --quick --workers N`` on a fresh folder); ``help`` times
-``trainlab --help`` (the target: <= 0.5 s).
+``trainlab --help`` (the target: <= 0.5 s); ``doctor`` times ``trainlab doctor`` on every shipped example (<= 10 s).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def benches(quick: bool) -> dict[str, list[str]]:
         "batched": [PY, str(HERE / "bench_batched.py"), *rounds],
         "peers": [PY, str(HERE / "bench_peers.py"), *(["--epochs", "10", "--rounds", "2"] if quick else [])],
         "cold_start": [PY, str(HERE / "bench_cold_start.py"), *(["--rounds", "3"] if quick else [])],
+        "doctor": [PY, str(HERE / "bench_doctor.py"), *(["--rounds", "1"] if quick else [])],
         "main_job": [TRAINLAB, "study", "all", "--quick", "--workers", cores, "--quiet", "--out",
                      tempfile.mkdtemp(prefix="trainlab-main-job-")],
     }

@@ -152,3 +152,10 @@ def test_lr_find_suggests_a_rate_and_plots(tmp_path, tiny):
     assert bad.exit_code == 2
     assert "error: The 'max_lr' parameter of lr_range_test must be greater than min_lr (1.0). Got 0.1 instead." in (
         bad.output)
+
+
+def test_doctor_help_states_the_default_budget_the_doctor_uses():
+    from trainlab.diagnostics import DEFAULT_STEPS
+
+    result = runner.invoke(app, ["doctor", "--help"])
+    assert result.exit_code == 0 and f"[default: {DEFAULT_STEPS}, whole" in " ".join(result.output.split())

@@ -747,3 +747,38 @@ def test_the_structure_probe_sees_modules_and_functional_calls_in_order():
         net.b.weight[0, 0] = float("inf")
     where = locate_nonfinite(net, torch.ones(5, 3))
     assert where["params"] == ["b.weight"] and where["layer"] == "b" and where["input_finite"]
+
+
+def test_png_base64_crops_to_the_drawing_only_when_asked():
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from trainlab.figures import png_base64
+
+    def size(tight: bool) -> tuple[int, int]:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        ax.plot([0, 1], [0, 1])
+        fig.tight_layout()
+        return Image.open(io.BytesIO(base64.b64decode(png_base64(fig, tight=tight)))).size
+
+    assert size(tight=False) == (650, 400)  # the whole canvas at 100 dpi
+    width, height = size(tight=True)
+    assert width < 650 and height < 400  # the canvas's empty margins cropped
+
+
+def test_page_imports_run_beside_the_block_and_a_failing_one_is_left_to_the_page(monkeypatch):
+    import sys
+
+    from trainlab.diagnostics.doctor import _importing_in_background
+
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    ran = []
+    with _importing_in_background("colorsys"):
+        ran.append(True)
+    assert ran and "colorsys" in sys.modules  # imported, and waited for, by the end of the block
+    with _importing_in_background("trainlab_no_such_module"):
+        ran.append(True)
+    assert len(ran) == 2 and "trainlab_no_such_module" not in sys.modules

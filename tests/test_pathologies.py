@@ -28,51 +28,51 @@ def mlp(depth: int, width: int, activation: str = "relu", init: object = "auto")
 
 DIGITS = {"dataset": "digits", "batch_size": 64}
 
-# name: (config, steps, the problem planted in it)
+# name: (config, steps (None: the doctor's default budget), the problem planted in it)
 SICK = {
-    "zero_init": ({"data": DIGITS, "model": mlp(3, 32, "tanh", "zeros")}, 300, "symmetric_units"),
-    "constant_init": ({"data": DIGITS, "model": mlp(3, 32, "relu", {"name": "constant", "value": 0.05})}, 300,
+    "zero_init": ({"data": DIGITS, "model": mlp(3, 32, "tanh", "zeros")}, None, "symmetric_units"),
+    "constant_init": ({"data": DIGITS, "model": mlp(3, 32, "relu", {"name": "constant", "value": 0.05})}, None,
                       "symmetric_units"),
     # N(0, 1) weights on 100 inputs: pre-activations of std ~5 pin the sigmoids at 0 and 1.
-    "sigmoid_normal_init": ({"data": DIGITS, "model": mlp(6, 100, "sigmoid", {"name": "normal", "std": 1.0})}, 300,
+    "sigmoid_normal_init": ({"data": DIGITS, "model": mlp(6, 100, "sigmoid", {"name": "normal", "std": 1.0})}, None,
                             "saturation"),
     # N(0, 0.01) weights on 100 inputs scale the signal by ~0.1 per tanh layer.
     "tiny_init": ({"data": DIGITS, "model": mlp(6, 100, "tanh", {"name": "normal", "std": 0.01}),
-                   "optimizer": {"name": "sgd", "lr": 0.05}}, 300, "activation_collapse"),
-    "huge_lr": ({"data": DIGITS, "model": mlp(3, 64), "optimizer": {"name": "sgd", "lr": 20.0}}, 300, "divergence"),
-    "tiny_lr": ({"data": DIGITS, "model": mlp(3, 64), "optimizer": {"name": "adamw", "lr": 1e-7}}, 300, "lr_too_low"),
+                   "optimizer": {"name": "sgd", "lr": 0.05}}, None, "activation_collapse"),
+    "huge_lr": ({"data": DIGITS, "model": mlp(3, 64), "optimizer": {"name": "sgd", "lr": 20.0}}, None, "divergence"),
+    "tiny_lr": ({"data": DIGITS, "model": mlp(3, 64), "optimizer": {"name": "adamw", "lr": 1e-7}}, None, "lr_too_low"),
     # N(0, 1) weights with ReLU grow the signal by ~sqrt(100 / 2) per layer: 8 layers reach ~1e7.
     "relu_normal_init": ({"data": DIGITS, "model": mlp(8, 100, "relu", {"name": "normal", "std": 1.0}),
-                          "optimizer": {"name": "sgd", "lr": 0.01}}, 300, "exploding_gradients"),
-    "adam_lr_0.1_relu": ({"data": DIGITS, "model": mlp(2, 64), "optimizer": {"name": "adam", "lr": 0.1}}, 300,
+                          "optimizer": {"name": "sgd", "lr": 0.01}}, None, "exploding_gradients"),
+    "adam_lr_0.1_relu": ({"data": DIGITS, "model": mlp(2, 64), "optimizer": {"name": "adam", "lr": 0.1}}, None,
                          "dead_units"),
     "tiny_train_set": ({"data": {**DIGITS, "train_size": 60, "batch_size": 30}, "model": mlp(2, 256),
                         "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0}}, 400, "overfitting"),
     "raw_breast_cancer": ({"data": {"dataset": "breast_cancer", "preprocess": "none", "batch_size": 32},
-                           "model": mlp(2, 64)}, 300, "unscaled_inputs"),
+                           "model": mlp(2, 64)}, None, "unscaled_inputs"),
     # sigmoid' <= 1/4: through 10 layers the gradient shrinks by ~0.25^10 even with Xavier init.
-    "deep_sigmoid": ({"data": DIGITS, "model": mlp(10, 64, "sigmoid", "xavier_normal")}, 300,
+    "deep_sigmoid": ({"data": DIGITS, "model": mlp(10, 64, "sigmoid", "xavier_normal")}, None,
                      "vanishing_gradients"),
     "linear_model_on_spirals": ({"data": {"dataset": "spirals", "batch_size": 64}, "model": mlp(0, 8),
                                  "optimizer": {"name": "adamw", "lr": 0.03}}, 400, "underfitting"),
     # Momentum 0.99 at lr 0.02: the loss swings up and down by more than half its start, again and again.
     "heavy_momentum": ({"data": DIGITS, "model": mlp(2, 64, "leaky_relu"),
-                        "optimizer": {"name": "momentum", "lr": 0.02, "momentum": 0.99}}, 300, "oscillating_loss"),
+                        "optimizer": {"name": "momentum", "lr": 0.02, "momentum": 0.99}}, None, "oscillating_loss"),
     # Adam at 30x its usual lr: the loss still falls, but every step moves the weights by ~2% of their norm.
     "adam_lr_0.03": ({"data": DIGITS, "model": mlp(2, 64, "leaky_relu"), "optimizer": {"name": "adam", "lr": 0.03}},
-                     300, "lr_too_high"),
-    "dropout_0.8": ({"data": DIGITS, "model": {**mlp(2, 64), "dropout": 0.8}}, 300, "dropout_too_high"),
+                     None, "lr_too_high"),
+    "dropout_0.8": ({"data": DIGITS, "model": {**mlp(2, 64), "dropout": 0.8}}, None, "dropout_too_high"),
 }
 
 HEALTHY = {
-    "digits_relu": ({"data": DIGITS, "model": mlp(2, 64)}, 300),
-    "digits_tanh_xavier": ({"data": DIGITS, "model": mlp(2, 64, "tanh", "xavier_normal")}, 300),
-    "digits_dropout_0.2": ({"data": DIGITS, "model": {**mlp(2, 128), "dropout": 0.2}}, 300),
+    "digits_relu": ({"data": DIGITS, "model": mlp(2, 64)}, None),
+    "digits_tanh_xavier": ({"data": DIGITS, "model": mlp(2, 64, "tanh", "xavier_normal")}, None),
+    "digits_dropout_0.2": ({"data": DIGITS, "model": {**mlp(2, 128), "dropout": 0.2}}, None),
     "digits_cnn2d": ({"data": {"dataset": {"name": "digits", "image": True}, "batch_size": 64},
-                      "model": {"name": "cnn2d", "channels": [8, 16], "kernel_size": 3, "head": [32]}}, 300),
-    "breast_cancer_tanh": ({"data": {"dataset": "breast_cancer", "batch_size": 32}, "model": mlp(2, 32, "tanh")}, 300),
+                      "model": {"name": "cnn2d", "channels": [8, 16], "kernel_size": 3, "head": [32]}}, None),
+    "breast_cancer_tanh": ({"data": {"dataset": "breast_cancer", "batch_size": 32}, "model": mlp(2, 32, "tanh")}, None),
     "spirals_relu": ({"data": {"dataset": "spirals", "batch_size": 64}, "model": mlp(2, 64)}, 400),
-    "mnist1d_relu": ({"data": {"dataset": "mnist1d", "batch_size": 128}, "model": mlp(2, 128)}, 300),
+    "mnist1d_relu": ({"data": {"dataset": "mnist1d", "batch_size": 128}, "model": mlp(2, 128)}, None),
 }
 
 
@@ -102,7 +102,7 @@ def test_diagnose_finds_dead_units_in_a_users_own_model():
     with torch.no_grad():
         model[0].bias.fill_(-3.0)
         model[2].bias.fill_(-3.0)
-    report = diagnose(model, data, steps=300)
+    report = diagnose(model, data)
     assert report.top.code == "dead_units", _describe(report)
 
 
@@ -157,7 +157,7 @@ def test_diagnose_finds_dead_units_in_a_functional_relu_model():
     with torch.no_grad():
         model.layers[0].bias.fill_(-3.0)
         model.layers[1].bias.fill_(-3.0)
-    report = diagnose(model, _digits(), steps=300)
+    report = diagnose(model, _digits())
     assert report.top.code == "dead_units" and report.top.layer.startswith("relu#"), _describe(report)
 
 
@@ -175,7 +175,7 @@ def test_example_sick_configs_are_cured_by_their_fix(file):
     assert fix in (EXAMPLES / file).read_text()
     sick = doctor(load_config(EXAMPLES / file))
     assert sick.top.code == problem, _describe(sick)
-    # At the config's own 15 epochs: the default budget (300 steps) gives breast cancer 24, and the cured net
+    # At the config's own 15 epochs: the default budget (250 steps) gives breast cancer 20, and the cured net
     # then starts to overfit, which is a finding of its own.
     cured = doctor(load_config(EXAMPLES / file, [fix]), full=True)
     assert all(f.severity == "info" for f in cured.findings), _describe(cured)
@@ -185,7 +185,7 @@ def test_example_sick_configs_are_cured_by_their_fix(file):
 # --- the rules added for the doctor issue: the config side ---------------------------------------------------------
 
 def test_a_non_finite_loss_is_located_at_the_layer_and_step_where_it_appears():
-    report = doctor(load_config(SICK["huge_lr"][0]), steps=300)
+    report = doctor(load_config(SICK["huge_lr"][0]))
     top = report.top
     assert top.code == "divergence" and top.layer is not None and top.step is not None, _describe(report)
     where = report.record.meta["nonfinite"]

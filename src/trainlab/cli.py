@@ -262,7 +262,7 @@ CLUSTER_HELP = ("Train {what} on a Ray cluster: its head's HOST:PORT, or 'auto' 
 @user_errors
 def doctor(config: Path = typer.Argument(..., help="A run config (YAML)."),
            steps: Optional[int] = typer.Option(None, "--steps", min=1,
-                                               help="Train about this many steps [default: 300, whole epochs]."),
+                                               help="Train about this many steps [default: 250, whole epochs]."),
            full: bool = typer.Option(False, "--full", help="Train the config's own epochs instead."),
            repair: bool = typer.Option(False, "--repair", help="Try each finding's fixes over seeds; keep those "
                                                                "with a significant gain; write OUT/repaired.yaml."),

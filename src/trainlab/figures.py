@@ -222,9 +222,13 @@ def panel_grid(n: int, width: float = 3.0, height: float = 2.4) -> tuple[Any, np
     return fig, axes.flat[:n]
 
 
-def png_base64(fig: Any) -> str:
-    """``fig`` as a base64 PNG for embedding in a page; closes the figure."""
+def png_base64(fig: Any, tight: bool = True) -> str:
+    """``fig`` as a base64 PNG for embedding in a page; closes the figure.
+
+    ``tight`` crops the saved image to what is drawn (one more layout pass); a figure that already laid itself out
+    (``tight_layout``) needs none.
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -5,9 +5,12 @@ briefly with the probes of ``Diagnostics`` and apply the rules of ``find_problem
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +37,7 @@ _DATA_DEFAULTS = DataConfig.model_fields
 FINDING_COLUMNS = ("severity", "problem", "layer", "step", "evidence", "fix")
 # The doctor's default budget: a few hundred steps show every problem the rules know (most within the first 100)
 # and take seconds; ``full`` trains the config's own epochs instead.
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 250
 
 
 def _first_sentence(text: str) -> str:
@@ -60,7 +63,7 @@ class DiagnosisReport:
 
     @property
     def summary(self) -> str:
-        """``3 finding(s) in 300 steps (trainlab doctor)`` or ``No problems found in 300 steps (...)``."""
+        """``3 finding(s) in 256 steps (trainlab doctor)`` or ``No problems found in 256 steps (...)``."""
         steps = len(self.record.losses)
         if not self.findings:
             return f"No problems found in {steps} steps ({self.title})."
@@ -110,7 +113,8 @@ class DiagnosisReport:
         from trainlab.diagnostics.figures import record_figures
         from trainlab.figures import png_base64
 
-        figures = "".join(f"<h2>{esc(name)}</h2><figure>{image(png_base64(fig), name)}</figure>"
+        # Every record figure ends with tight_layout: no second layout pass on saving.
+        figures = "".join(f"<h2>{esc(name)}</h2><figure>{image(png_base64(fig, tight=False), name)}</figure>"
                           for name, fig in record_figures(self.record).items())
         extra = "".join(f"<h2>{esc(heading)}</h2>{html}" for heading, html in self.sections)
         body = (f"<h2>Findings</h2>{self._findings_html()}<h2>Final metrics</h2>"
@@ -122,6 +126,33 @@ class DiagnosisReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "findings": [f.to_dict() for f in self.findings], "final": self.final}
+
+
+@contextmanager
+def _importing_in_background(module: str | None) -> Iterator[None]:
+    """Import ``module`` on a second thread while the block runs, and wait for it at the end.
+
+    Training spends most of its time in torch kernels, which release the GIL, so the page's plotting imports
+    (matplotlib, about half a second) cost the training little and are done when the page is drawn. Started after
+    the trainer is built (its optimizer imports ``torch._dynamo``), so the two threads do not import the same
+    modules at once; an import that fails here fails again, with its own message, where the page imports it.
+    """
+    if module is None:
+        yield
+        return
+    thread = threading.Thread(target=_import_quietly, args=(module,), name="trainlab-page-imports", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001  (reported by the page's own import, in the main thread)
+        pass
 
 
 def _sampling_interval(steps: int) -> int:
@@ -253,7 +284,9 @@ def doctor(config: RunConfig, steps: int | None = None, *, full: bool = False, e
     per_epoch = steps_per_epoch(config.data) if data is None else data.steps_per_epoch(config.data.batch_size)
     probes = Diagnostics(every if every is not None else _sampling_interval(config.epochs * per_epoch),
                          out_dir=out_dir, tensorboard_dir=tensorboard_dir, stop_on_fatal=True)
-    final = build_trainer(config, [probes], data=data).fit()
+    trainer = build_trainer(config, [probes], data=data)
+    with _importing_in_background("trainlab.diagnostics.figures" if out_dir is not None else None):
+        final = trainer.fit()
     record = probes.record()
     report = DiagnosisReport(find_problems(record), record, final, title="trainlab doctor")
     if out_dir is not None:
