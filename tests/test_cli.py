@@ -159,3 +159,20 @@ def test_doctor_help_states_the_default_budget_the_doctor_uses():
 
     result = runner.invoke(app, ["doctor", "--help"])
     assert result.exit_code == 0 and f"[default: {DEFAULT_STEPS}, whole" in " ".join(result.output.split())
+
+
+def test_a_nproc_job_is_given_every_parsed_option_of_the_command_again():
+    from pathlib import Path
+
+    import typer
+
+    from trainlab.cli import _command_line
+
+    train = typer.main.get_command(app).commands["train"]
+    given = ["my.yaml", "--set", "optimizer.lr=0.1", "--set", "epochs=3", "--quiet", "--probes", "--tensorboard", "tb",
+             "--resume", "--nproc", "2"]
+    ctx = train.make_context("train", list(given))
+    args = _command_line(ctx, {"out": Path("runs/x")}, skip="nproc")
+    assert args[0] == "train" and "--nproc" not in args
+    again = train.make_context("train", args[1:]).params
+    assert again == {**ctx.params, "out": Path("runs/x"), "nproc": 1}

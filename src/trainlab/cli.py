@@ -69,7 +69,8 @@ def list_components(kind: Optional[str] = typer.Argument(None, help=f"One of: {'
 
 @app.command()
 @user_errors
-def train(config: Path = typer.Argument(..., help="A run config (YAML); see examples/."),
+def train(ctx: typer.Context,
+          config: Path = typer.Argument(..., help="A run config (YAML); see examples/."),
           set_: list[str] = typer.Option([], "--set", help="Override a config value: --set optimizer.lr=3e-3."),
           out: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/<config>-<hash>]."),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
@@ -93,7 +94,7 @@ def train(config: Path = typer.Argument(..., help="A run config (YAML); see exam
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{config.stem}-{config_hash(cfg)[:8]}"
     if nproc > 1:
-        raise typer.Exit(_launch_train(cfg, config, set_, out, resume, as_json, quiet, probes, tensorboard, nproc))
+        raise typer.Exit(_launch_train(ctx, cfg, out, resume, nproc))
     parallel = _join_torchrun(cfg)
     main = parallel is None or parallel.is_main
     callbacks = []
@@ -134,8 +135,7 @@ def _join_torchrun(cfg: Any) -> Any:
     return start(ranks, cfg) if ranks is not None else None
 
 
-def _launch_train(cfg: Any, config: Path, set_: list[str], out: Path, resume: bool, as_json: bool, quiet: bool,
-                  probes: bool, tensorboard: Optional[Path], nproc: int) -> int:
+def _launch_train(ctx: typer.Context, cfg: Any, out: Path, resume: bool, nproc: int) -> int:
     """Run this ``train`` command again as ``nproc`` torchrun processes (``distributed.launch``); their exit status.
 
     What cannot shard, and a run directory that already holds a run, are refused here, before any process starts."""
@@ -150,11 +150,28 @@ def _launch_train(cfg: Any, config: Path, set_: list[str], out: Path, resume: bo
     check_config(cfg, nproc)
     if not resume:
         refuse_existing_run(out)
-    args = ["train", str(config), "--out", str(out), *(a for value in set_ for a in ("--set", value))]
-    flags = {"--resume": resume, "--json": as_json, "--quiet": quiet, "--probes": probes}
-    args += [flag for flag, on in flags.items() if on]
-    args += ["--tensorboard", str(tensorboard)] if tensorboard is not None else []
-    return launch(nproc, args)
+    return launch(nproc, _command_line(ctx, {"out": out}, skip="nproc"))
+
+
+def _command_line(ctx: typer.Context, values: dict[str, Any], skip: str) -> list[str]:
+    """The command of ``ctx`` as arguments again, from its parsed parameters (every one, so a new option is never
+    lost), with ``values`` in place of parsed ones and the parameter ``skip`` left out."""
+    args = [ctx.info_name or ctx.command.name or ""]
+    for param in ctx.command.params:
+        value = values.get(param.name, ctx.params.get(param.name))
+        if param.name == skip or value is None or value is False or param.expose_value is False:
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+            continue
+        flag = param.opts[0]
+        if value is True and getattr(param, "is_flag", False):
+            args.append(flag)
+        elif isinstance(value, (list, tuple)):
+            args += [a for item in value for a in (flag, str(item))]
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 @app.command()
