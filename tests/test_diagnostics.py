@@ -782,3 +782,18 @@ def test_page_imports_run_beside_the_block_and_a_failing_one_is_left_to_the_page
     with _importing_in_background("trainlab_no_such_module"):
         ran.append(True)
     assert len(ran) == 2 and "trainlab_no_such_module" not in sys.modules
+
+
+@pytest.mark.parametrize("eps,classes", [(0.1, 10), (0.3, 3), (0.05, 2)])
+def test_smoothing_floor_is_the_least_loss_torch_gives_against_smoothed_targets(eps, classes):
+    from trainlab.diagnostics.rules import smoothing_floor
+
+    loss = nn.CrossEntropyLoss(label_smoothing=eps)
+    target = torch.tensor([0])
+    best = torch.full((1, classes), eps / classes)
+    best[0, 0] += 1 - eps
+    # The loss is smallest at logits = log of the smoothed target, and equal there to its entropy.
+    assert loss(best.log(), target).item() == pytest.approx(smoothing_floor(eps, classes), rel=1e-6)
+    for logits in torch.randn(20, 1, classes, generator=torch.Generator().manual_seed(0)) * 3:
+        assert loss(logits, target).item() >= smoothing_floor(eps, classes) - 1e-6
+    assert smoothing_floor(0.0, classes) == 0.0

@@ -291,12 +291,15 @@ class Diagnostics(Callback):
 
 def _setup_facts(trainer: Trainer) -> dict[str, Any]:
     """What the rules about the set-up need, read once at the start: the loss class, the parameters that are frozen
-    (``requires_grad=False``) or that the optimizer does not hold, and the targets' scale or the majority share."""
+    (``requires_grad=False``) or that the optimizer does not hold, the loss's label smoothing, and the targets' scale
+    or the majority share."""
     params = list(trainer.model.named_parameters())
+    loss = getattr(trainer.loss_fn, "plain", trainer.loss_fn)  # a weighted loss keeps its plain one
     groups = getattr(trainer.optimizer, "param_groups", None)
     held = {id(p) for g in groups for p in g["params"]} if groups is not None else {id(p) for _, p in params}
     facts: dict[str, Any] = {
         "loss": type(trainer.loss_fn).__name__,
+        "label_smoothing": float(getattr(loss, "label_smoothing", 0.0) or 0.0),
         "frozen": [n for n, p in params if not p.requires_grad],
         "not_in_optimizer": [n for n, p in params if p.requires_grad and id(p) not in held],
         "param_sizes": {n: p.numel() for n, p in params}}

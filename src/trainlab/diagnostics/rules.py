@@ -54,7 +54,8 @@ SMALL_UPDATE_RATIO = 1e-4
 # Validation loss this much above its minimum, with the minimum at least two epochs back: overfitting.
 OVERFIT_RISE = 0.1
 # Final training loss above this share of the chance-level loss (ln C, or the initial loss for regression),
-# with the last third of the run improving less than PLATEAU_DECREASE: underfitting.
+# with the last third of the run improving less than PLATEAU_DECREASE: underfitting. With label smoothing the
+# share is measured from the least reachable loss (``smoothing_floor``) instead of 0.
 UNDERFIT_SHARE = 0.5
 PLATEAU_DECREASE = 0.05
 # Input features should have RMS about 1; above these the first layer's pre-activations are far off its init.
@@ -172,21 +173,54 @@ def _epoch_findings(r: DiagnosticsRecord) -> list[Finding]:
                 "a smaller net"))
     losses = r.losses[np.isfinite(r.losses)]
     if len(rows) >= 3 and len(losses) >= 10:
-        classes = r.meta.get("num_classes")
-        reference = math.log(classes) if r.meta.get("task") == "classification" and classes else float(
-            _chunks(losses)[0])
+        reference = _chance_loss(r, lambda: float(_chunks(losses)[0]))
         third = rows[-max(2, len(rows) // 3):]
         final = rows[-1]["train_loss"]
         gain = (third[0]["train_loss"] - final) / max(abs(third[0]["train_loss"]), 1e-12)
         # A plateau is flat: a loss that climbs back up over the last epochs is an lr or divergence problem, which
         # its own rules name, and "train longer" would be the wrong advice for it.
-        if final > UNDERFIT_SHARE * reference and -PLATEAU_DECREASE < gain < PLATEAU_DECREASE:
+        share = _share_of_chance(r, final, reference)
+        if share > UNDERFIT_SHARE and -PLATEAU_DECREASE < gain < PLATEAU_DECREASE:
             findings.append(Finding(
                 "underfitting", None, int(rows[-1]["step"]), "warning",
-                f"training loss plateaued at {_fmt(final)} ({_fmt(100 * final / reference)}% of the chance-level "
-                f"{_fmt(reference)}); it changed by {_fmt(-100 * gain)}% over the last {len(third)} epochs",
+                f"training loss plateaued at {_fmt(final)} ({_fmt(100 * share)}% of the chance-level "
+                f"{_fmt(reference)}{_above_floor(r)}); it changed by {_fmt(-100 * gain)}% over the last {len(third)} epochs",
                 "a bigger model (depth/width); train longer or with a higher lr; less regularization"))
     return findings
+
+
+def _chance_loss(r: DiagnosticsRecord, start: Callable[[], float]) -> float:
+    """The loss of guessing: ln C for a classification with C classes, else ``start()`` (the run's starting loss,
+    asked for only then)."""
+    classes = r.meta.get("num_classes")
+    return math.log(classes) if r.meta.get("task") == "classification" and classes else start()
+
+
+def smoothing_floor(label_smoothing: float, classes: int) -> float:
+    """The least cross-entropy any net can reach on targets smoothed by ``label_smoothing`` over ``classes``: the
+    entropy of the smoothed target (1 - e + e/C on the label, e/C on each other class); 0 without smoothing."""
+    if not label_smoothing or classes < 2:
+        return 0.0
+    on, off = 1 - label_smoothing + label_smoothing / classes, label_smoothing / classes
+    return -(on * math.log(on) + (classes - 1) * off * math.log(off))
+
+
+def _floor(r: DiagnosticsRecord) -> float:
+    classes = r.meta.get("num_classes")
+    if r.meta.get("task") != "classification" or not classes:
+        return 0.0
+    return smoothing_floor(r.meta.get("label_smoothing") or 0.0, classes)
+
+
+def _share_of_chance(r: DiagnosticsRecord, loss: float, chance: float) -> float:
+    """Where ``loss`` lies from the least reachable loss (0: the label-smoothing floor, else 0) to ``chance`` (1)."""
+    floor = _floor(r)
+    return (loss - floor) / max(chance - floor, 1e-12)
+
+
+def _above_floor(r: DiagnosticsRecord) -> str:
+    floor = _floor(r)
+    return f", measured above the label-smoothing floor {_fmt(floor)}" if floor else ""
 
 
 def _median(x: np.ndarray) -> float:
@@ -511,14 +545,14 @@ def _dropout_findings(r: DiagnosticsRecord) -> list[Finding]:
         return []
     rate, name = max(rates)
     train, val = rows[-1]["train_loss"], rows[-1]["val_loss"]
-    classes = r.meta.get("num_classes")
-    chance = math.log(classes) if r.meta.get("task") == "classification" and classes else float(r.losses[0])
-    if rate <= DROPOUT_RATE or train < DROPOUT_GAP * val or train < UNDERFIT_SHARE * chance:
+    chance = _chance_loss(r, lambda: float(r.losses[0]))
+    share = _share_of_chance(r, train, chance)
+    if rate <= DROPOUT_RATE or train < DROPOUT_GAP * val or share < UNDERFIT_SHARE:
         return []
     return [Finding(
         "dropout_too_high", name, int(rows[-1]["step"]), "warning",
         f"dropout {_fmt(rate)} at {name}: the training loss (with dropout) is {_fmt(train)}, {_fmt(train / val)}x "
-        f"the validation loss without it ({_fmt(val)}), and {_fmt(100 * train / chance)}% of chance: the net "
+        f"the validation loss without it ({_fmt(val)}), and {_fmt(100 * share)}% of chance{_above_floor(r)}: the net "
         f"underfits through the noise",
         "dropout 0.1-0.3 (0.5 at most for wide hidden layers)")]
 
