@@ -206,7 +206,6 @@ import torch
 torch.set_num_threads(1)
 import trainlab.runs
 from trainlab.callbacks import Callback
-from trainlab.callbacks import Callback
 from trainlab.config import load_config
 from trainlab.runs import Store
 
@@ -222,11 +221,16 @@ if moment == "batch":
     trainlab.runs.save_checkpoint = save_then_die
     Store(root).run_many(batch)
 else:
-    class Die(Callback):
+    # Stateful under the test's recorder's name, so the checkpoint resumes with that recorder in its place.
+    class _EpochsThisCall(Callback):
         def on_epoch_end(self, trainer):
             if trainer.epoch == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
-    Store(root).run(batch[0], callbacks=[Die()])
+        def state_dict(self):
+            return {}
+        def load_state_dict(self, state):
+            pass
+    Store(root).run(batch[0], callbacks=[_EpochsThisCall()])
 """
 
 
@@ -263,7 +267,9 @@ def test_what_a_process_killed_while_writing_leaves_is_never_a_result_and_the_ne
     assert not store.has(single) and (out / "checkpoint.pt").is_file()
     assert sorted((p.path.name, p.problem.split(":")[0]) for p in store.verify()) == [
         (f".{out.name}.lock", "leftover of a killed process"), (out.name, "incomplete")]
-    resumed = store.run(single)  # resumes from the killed process's checkpoint
+    here = _EpochsThisCall()
+    resumed = store.run(single, callbacks=[here])  # resumes from the killed process's checkpoint
+    assert here.epochs[0] > 1 and here.epochs == list(range(here.epochs[0], 7)), here.epochs  # not trained over
     assert without_time(resumed.final) == without_time(Store(tmp_path / "reference").run(single).final)
     assert store.verify() == [] and not (store.root / f".{out.name}.lock").exists()
 
@@ -297,6 +303,23 @@ class _Crash(Callback):
     def on_step_end(self, trainer) -> None:
         if trainer.epoch == 2:
             raise RuntimeError("killed")
+
+
+class _EpochsThisCall(Callback):
+    """The epochs trained in this call: a resumed run starts after its checkpoint's epoch, a restarted one at 1. It
+    has nothing to restore, so it does not stop a run from resuming (the killed child uses one of the same name)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, trainer) -> None:
+        self.epochs.append(trainer.epoch)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class _EpochCounter(Callback):
