@@ -148,3 +148,13 @@ def test_the_grouped_list_of_untested_claims_names_exactly_the_untested_rows(inv
             listed |= {(note.strip(), int(n)) for n in numbers.split(",")}
     untested = {(c.note[:3], c.number) for c in inventory if c.testable and c.key is None}
     assert listed == untested, f"only listed: {sorted(listed - untested)}; not listed: {sorted(untested - listed)}"
+
+
+def test_each_notes_section_states_how_many_rows_it_has():
+    sections = re.split(r"^## ", INVENTORY_PATH.read_text(encoding="utf-8"), flags=re.M)[1:]
+    notes = [s for s in sections if not s.startswith("Untested")]
+    assert len(notes) == 5
+    for section in notes:
+        stated = re.search(r"(\d+) rows below", section)
+        rows = re.findall(r"^\| *\d+ *\|", section, flags=re.M)
+        assert stated is not None and int(stated.group(1)) == len(rows), section.splitlines()[0]
