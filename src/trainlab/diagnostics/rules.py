@@ -184,7 +184,8 @@ def _epoch_findings(r: DiagnosticsRecord) -> list[Finding]:
             findings.append(Finding(
                 "underfitting", None, int(rows[-1]["step"]), "warning",
                 f"training loss plateaued at {_fmt(final)} ({_fmt(100 * share)}% of the chance-level "
-                f"{_fmt(reference)}{_above_floor(r)}); it changed by {_fmt(-100 * gain)}% over the last {len(third)} epochs",
+                f"{_fmt(reference)}{_above_floor(r)}); it changed by {_fmt(-100 * gain)}% over the last "
+                f"{len(third)} epochs",
                 "a bigger model (depth/width); train longer or with a higher lr; less regularization"))
     return findings
 
@@ -213,7 +214,8 @@ def _floor(r: DiagnosticsRecord) -> float:
 
 
 def _share_of_chance(r: DiagnosticsRecord, loss: float, chance: float) -> float:
-    """Where ``loss`` lies from the least reachable loss (0: the label-smoothing floor, else 0) to ``chance`` (1)."""
+    """Where ``loss`` lies between the least reachable loss (0: the label-smoothing floor, or a loss of 0 without
+    smoothing) and ``chance`` (1)."""
     floor = _floor(r)
     return (loss - floor) / max(chance - floor, 1e-12)
 
