@@ -106,3 +106,23 @@ def test_a_repair_with_two_worker_processes_decides_as_in_this_process(tmp_path)
     assert {p.name for p in (tmp_path / "alone").iterdir()} <= {p.name for p in (tmp_path / "pooled").iterdir()}
     with pytest.raises(ValueError, match="'workers' parameter must be an int >= 1"):
         repair(config, 150, workers=0)
+
+
+def _square(x, progress=None):
+    return x * x
+
+
+def _fail(x, progress=None):
+    raise ValueError(f"bad {x}")
+
+
+def test_in_this_process_a_failing_job_does_not_stop_the_others_and_a_lone_one_raises_its_own_error():
+    done = []
+    jobs = [Job("a", _square, (2,)), Job("b", _fail, (3,)), Job("c", _square, (4,))]
+    with pytest.raises(RuntimeError, match=r"^b failed in this process: ValueError: bad 3; the other jobs ran to "
+                                           r"the end and kept their results\.$") as info:
+        run_in_pool(jobs, workers=1, on_result=lambda job, result: done.append((job.name, result)))
+    assert done == [("a", 4), ("c", 16)] and isinstance(info.value.__cause__, ValueError)
+    with pytest.raises(ValueError, match="^bad 5$"):
+        run_in_pool([Job("d", _fail, (5,))])
+    assert run_in_pool([], workers=2) == [] and run_in_pool(jobs[::2]) == [4, 16]

@@ -28,7 +28,7 @@ stored in a folder this machine does not see.
 
 A job that raises does not stop the others (a long job's failure should not throw away hours of other results):
 every job runs, and then the first error is raised here with the job's name and the names of any others that
-failed.
+failed (in this process as in a pool; a lone job's error is raised as it is).
 """
 
 from __future__ import annotations
@@ -229,13 +229,17 @@ def run_in_pool(jobs: Sequence[Job], workers: int = 1, progress: Any = None,
                 on_result: Callable[[Job, Any], None] | None = None) -> list[Any]:
     """Every job's result, in the jobs' order; ``on_result`` is called in the parent as each one finishes."""
     check_workers(workers)
-    if workers == 1 or len(jobs) <= 1:
-        results = []
-        for job in jobs:
-            results.append(job.fn(*job.args, **job.kwargs, progress=progress))
-            if on_result is not None:
-                on_result(job, results[-1])
-        return results
+    if not jobs:
+        return []
+    if len(jobs) == 1:  # nothing else to run: its own error, as it is
+        result = jobs[0].fn(*jobs[0].args, **jobs[0].kwargs, progress=progress)
+        if on_result is not None:
+            on_result(jobs[0], result)
+        return [result]
+    if workers == 1:  # one after another here, each to the end, as a pool would
+        return _gather(dict(enumerate(jobs)), lambda pending: (list(pending)[:1], list(pending)[1:]),
+                       lambda i: jobs[i].fn(*jobs[i].args, **jobs[i].kwargs, progress=progress), on_result,
+                       "in this process")
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")
