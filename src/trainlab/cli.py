@@ -107,9 +107,12 @@ def train(ctx: typer.Context,
     try:
         result = train_run(cfg, out, callbacks=callbacks, progress=main and not quiet, resume=resume,
                            description=config.stem, parallel=parallel)
-    finally:
+    except BaseException:
         if parallel is not None:
-            parallel.close()
+            parallel.close(synchronize=False)  # the other ranks may never get there: no barrier
+        raise
+    if parallel is not None:
+        parallel.close()
     if not main:
         raise typer.Exit(1 if result.extras.get("diverged") else 0)  # rank 0 prints; every rank's status agrees
     if as_json:

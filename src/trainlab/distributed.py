@@ -38,6 +38,7 @@ et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017 (per-
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import os
@@ -272,10 +273,21 @@ class DataParallel:
             return state
         return torch.load(io.BytesIO(buffer.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
 
-    def close(self) -> None:
-        """Leave the job (every rank calls it at the end)."""
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, synchronize: bool = True) -> None:
+        """Leave the job (every rank calls it at the end).
+
+        ``synchronize`` (a rank that finished normally) first frees what still holds the group (a DDP reducer
+        caught in a reference cycle, which would otherwise be destroyed with its gloo work threads during
+        interpreter shutdown and abort the process) and waits for every rank at a barrier, so no rank tears its
+        connections down while another still uses them. A rank leaving on an error skips both: the others may
+        never reach the barrier.
+        """
+        if not dist.is_initialized():
+            return
+        if synchronize:
+            gc.collect()
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def launch(nproc: int, worker_args: Sequence[str]) -> int:
