@@ -107,7 +107,7 @@ def test_the_plateau_claim_counts_steps_to_the_target_and_needs_the_minimum_dela
     # The moving average (beta 0.9) of 3.0 then 0.5 falls below 0.9 ln(10) ≈ 2.07 at the fourth step of 0.5.
     assert plateau_steps(fast, 100) == [k + 4 for k in (10, 12, 11)]
     assert claim_plateau_slow({"plateau": {"normal_1": slow, "xavier": fast}}).verdict == "supported"
-    barely = [RunResult({}, [], {}, {"step_loss": curve(k)}) for k in (13, 14, 12)]  # 1-3 steps later, LATER is 10
+    barely = [RunResult({}, [], {}, {"step_loss": curve(k)}) for k in (13, 14, 12)]  # 1-3 steps later; LATER x 100 steps = 10
     assert claim_plateau_slow({"plateau": {"normal_1": barely, "xavier": fast}}).verdict == "refuted"
 
 

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.data import load_data
+from trainlab.diagnostics.probes import forward_hooks
 from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
@@ -200,18 +201,14 @@ def init_gradients(budget: BatchNormBudget, config: Any, scales: list[float], se
 
 
 def layer_input_stats(model: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Per-unit (mean, std) over ``x`` of the input of every linear layer after the first (train mode, no grad)."""
+    """Per-unit (mean, std) over ``x`` of the input of every linear layer after the first (one forward in train
+    mode, no grad; the model is left in train mode)."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)][1:]
     seen: list[tuple[Tensor, Tensor]] = []
-    hooks = [m.register_forward_pre_hook(lambda _, inputs: seen.append((inputs[0].mean(0), inputs[0].std(0))))
-             for m in linears]
-    try:
-        model.train()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    model.train()
+    with forward_hooks({m: lambda _, inputs, out: seen.append((inputs[0].mean(0), inputs[0].std(0)))
+                        for m in linears}), torch.no_grad():
+        model(x)
     return seen
 
 
