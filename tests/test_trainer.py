@@ -11,7 +11,7 @@ from trainlab.callbacks import Callback, EarlyStopping, EarlyStoppingConfig, Non
 from trainlab.config import load_config
 from trainlab.registry import ConfigError
 from trainlab.runs import Store, load_result, train
-from trainlab.trainer import build_trainer, flushes_subnormals
+from trainlab.trainer import build_trainer, flushes_subnormals, weighted_sum_in_order
 
 
 @pytest.mark.parametrize("values,mode,patience,stop,best", [
@@ -93,6 +93,19 @@ def test_resume_with_another_config_is_refused(tiny, tmp_path):
         train(load_config({**tiny, "seed": 3}), tmp_path / "run", resume=True)
     with pytest.raises(ValueError, match="already holds a run"):
         train(load_config(tiny), tmp_path / "run")
+
+
+def test_an_epochs_loss_sum_is_the_running_sum_of_its_steps_bitwise():
+    values = list(torch.rand(500, generator=torch.Generator().manual_seed(0)) * 3)
+    counts = [128] * 499 + [17]
+    running = torch.zeros(())
+    for value, count in zip(values, counts):
+        running += value * count
+    ours = weighted_sum_in_order(values, counts, torch.device("cpu"))
+    assert ours.dtype == torch.float32 and ours.item() == running.item()
+    # torch's sum accumulates float32 in double, and so differs in the last bits: this test tells the two apart.
+    assert (torch.stack(values) * torch.tensor(counts)).sum().item() != running.item()
+    assert weighted_sum_in_order([], [], torch.device("cpu")).item() == 0
 
 
 def test_non_finite_loss_stops_the_run(tiny):

@@ -189,8 +189,11 @@ class NonFiniteGuard(Callback):
         self.every_steps = every_steps
 
     def on_step_end(self, trainer: Trainer) -> None:
-        due = trainer.loss.device.type == "cpu" or trainer.step % self.every_steps == 0
-        if due and not bool(torch.isfinite(trainer.loss)):
+        if trainer.loss.device.type == "cpu":
+            loss = trainer.loss.item()  # cheaper than torch.isfinite, an op of its own
+            if not math.isfinite(loss):
+                self._stop(trainer, f"non-finite loss ({loss}) at step {trainer.step}")
+        elif trainer.step % self.every_steps == 0 and not bool(torch.isfinite(trainer.loss)):
             self._stop(trainer, f"non-finite loss ({trainer.loss.item()}) at step {trainer.step}")
 
     def on_epoch_end(self, trainer: Trainer) -> None:

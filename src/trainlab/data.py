@@ -590,10 +590,10 @@ class Data:
         order = order.to(self.x_train.device)
         for step in range(self.steps_per_epoch(batch_size)):
             index = order[step * batch_size:(step + 1) * batch_size]
-            x = self.x_train[index]
+            x = self.x_train.index_select(0, index)
             for augmentation in self.augment:
                 x = augmentation(x, generator)
-            yield x, self.y_train[index]
+            yield x, self.y_train.index_select(0, index)
 
     def eval_batches(self, split: Literal["train", "val", "test"], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The samples of one split in order, unaugmented, in batches of ``batch_size`` (the last may be smaller)."""
@@ -631,7 +631,7 @@ class WeightedData(Data):
         try:
             for x, index in Data.train_batches(positions, batch_size, generator):
                 self.batch_weights = self.weights[index]
-                yield x, self.y_train[index]
+                yield x, self.y_train.index_select(0, index)
         finally:
             self.batch_weights = None
 

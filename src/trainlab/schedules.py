@@ -216,6 +216,9 @@ class LRController:
         self.steps = 0
         multiplier = functools.partial(schedule.factor, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         self._per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        # After its warmup a constant schedule leaves the lr alone, and the per-step LambdaLR is skipped (it costs
+        # about as much as a small model's optimizer step).
+        self._still_after_warmup = isinstance(schedule, Constant)
         self._plateau = None
         if isinstance(schedule, Plateau):
             self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -232,7 +235,7 @@ class LRController:
         """Advance one optimizer step."""
         self.steps += 1
         # After warmup, plateau's lr belongs to ReduceLROnPlateau; LambdaLR would reset it to the base lr.
-        if self._plateau is None or self.steps <= self.schedule.warmup_steps:
+        if self.steps <= self.schedule.warmup_steps or not (self._plateau is not None or self._still_after_warmup):
             self._per_step.step()
 
     def epoch_end(self, metrics: dict[str, float]) -> None:

@@ -99,10 +99,15 @@ class Trainer:
         self._fire("on_epoch_end")
 
     def _minibatch_steps(self) -> tuple[Tensor, Tensor, int]:
-        """One step per training batch; the epoch's summed loss, correct count and sample count."""
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        """One step per training batch; the epoch's summed loss, correct count and sample count.
+
+        The steps' losses and predictions are kept and summed at the epoch's end, in fewer ops than running sums.
+        """
+        losses: list[Tensor] = []
+        sizes: list[int] = []
+        predicted: list[Tensor] = []
+        targets: list[Tensor] = []
+        classification = self.data.task == "classification"
         for x, y in self.data.train_batches(self.batch_size, self.generator):
             counted = True
             if self.parallel is not None:
@@ -119,10 +124,16 @@ class Trainer:
             self._fire("after_backward")
             self.optimizer.step()
             if counted:
-                loss_sum += loss.detach() * len(y)
-                correct += self._correct(out, y)
-                seen += len(y)
+                losses.append(loss.detach())
+                sizes.append(len(y))
+                if classification:
+                    predicted.append(out.detach().argmax(1))
+                    targets.append(y)
             self._end_step()
+        loss_sum = weighted_sum_in_order(losses, sizes, self.device)
+        correct = (torch.cat(predicted).eq(torch.cat(targets)).sum() if predicted
+                   else torch.zeros((), device=self.device, dtype=torch.long))
+        seen = sum(sizes)
         if self.parallel is not None:
             return self.parallel.sum(loss_sum, correct, seen)
         return loss_sum, correct, seen
@@ -282,6 +293,22 @@ def flush_subnormals() -> Iterator[None]:
     finally:
         if changed:
             torch.set_flush_denormal(False)
+
+
+def weighted_sum_in_order(values: list[Tensor], counts: list[int], device: torch.device) -> Tensor:
+    """``sum_i values[i] * counts[i]`` (0-dim tensors times ints) added left to right in the values' dtype, read
+    from the device once: bitwise the running sum ``total += value * count`` that many ops would compute.
+
+    (torch's own sums accumulate float32 in double on the CPU, so they would not reproduce the running sum.)
+    """
+    if not values:
+        return torch.zeros((), device=device)
+    terms = torch.stack(values)
+    terms = (terms * torch.tensor(counts, dtype=terms.dtype, device=terms.device)).cpu().numpy()
+    total = terms.dtype.type(0)
+    for term in terms:
+        total = total + term
+    return torch.tensor(total, device=device)
 
 
 def epoch_metric_names(data: Data) -> list[str]:
