@@ -9,7 +9,8 @@ from scipy import stats as sps
 from trainlab.config import load_config
 from trainlab.studies import STUDIES, make_context, run_study
 from trainlab.studies.model_size import (ParameterCount, SizeResults, claim_fit_more, claim_overfit_small,
-                                         per_seed_correlation, rank_correlation, small_train_size)
+                                         per_seed_correlation, small_train_size)
+from trainlab.studies.measures import rank_correlation
 from trainlab.trainer import build_trainer
 
 MODELS = [(1, 4), (1, 16), (2, 4), (2, 16)]

@@ -6,7 +6,8 @@
 - ``steps_to_target`` (and ``epochs_to_accuracy``): the first step (or epoch) at which a curve reaches a target,
   with one rule for a miss;
 - ``generalization_gap``: train accuracy minus test accuracy at fit end;
-- ``mean_finite``: the mean of the finite values, for tables that must survive a diverged run.
+- ``mean_finite``: the mean of the finite values, for tables that must survive a diverged run;
+- ``rank_correlation``: Spearman's rank correlation, 0 when either side is constant.
 
 What a callback records goes into ``trainer.extras`` (stored with the run), so a run loaded from the store carries
 it too; ``TRAIN_EVAL`` and ``STEP_LOSS`` are the keys.
@@ -116,3 +117,13 @@ def mean_finite(values: Any) -> float:
     """The mean of the finite entries of ``values``; ``nan`` when there are none (every run diverged)."""
     finite = [float(v) for v in np.asarray(values, dtype=float).ravel() if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y``; 0 when either is constant (no ranking to agree with)."""
+    from scipy.stats import spearmanr  # scipy.stats takes about 0.5 s to import
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return 0.0
+    return float(spearmanr(x, y).statistic)

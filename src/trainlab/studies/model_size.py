@@ -27,7 +27,6 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from scipy import stats as sps
 
 from trainlab.callbacks import Callback
 from trainlab.data import split_sizes
@@ -36,7 +35,7 @@ from trainlab.figures import mean_band, stack_ragged
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    joint, series, threshold_result)
-from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, train_metric
+from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, rank_correlation, train_metric
 
 SIZES = ("small", "full")
 SIZE_LABELS = {"small": "small data", "full": "full data"}
@@ -104,14 +103,6 @@ def small_train_size(requested: int, full: int) -> int:
     """The small training set's size: ``requested``, but at most a quarter of the ``full`` training split, so that
     "small" stays well below "full" whatever dataset the user picks."""
     return min(requested, full // 4)
-
-
-def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation of ``x`` and ``y``; 0 when either is constant (no ranking to agree with)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if np.all(x == x[0]) or np.all(y == y[0]):
-        return 0.0
-    return float(sps.spearmanr(x, y)[0])
 
 
 def per_seed_correlation(params: np.ndarray, values: np.ndarray) -> list[float]:

@@ -84,7 +84,8 @@ from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, params_hash, series, threshold_result)
-from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, steps_to_target, train_metric
+from trainlab.studies.measures import (TrainEval, generalization_gap, mean_finite, rank_correlation, steps_to_target,
+                                       train_metric)
 
 ARMS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -362,13 +363,6 @@ def claim_weaker_penalty(r: dict[str, Any]) -> ClaimResult:
             [generalization_gap(run) for run in weaker], [generalization_gap(run) for run in stronger], "greater",
             "clean train accuracy - test accuracy", names, min_effect=WIDER_GAP)
     return joint(parts)
-
-
-def rank_correlation(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation of ``x`` and ``y`` (nan when either is constant)."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y).statistic)
 
 
 def claim_large_weights(r: dict[str, Any]) -> ClaimResult:
