@@ -11,12 +11,14 @@ from torch import nn
 import trainlab.runs
 from trainlab.runs import RunResult
 from trainlab.studies import STUDIES, make_context, run_study
+from trainlab.models import MLP
 from trainlab.studies.base import finals
 from trainlab.studies.batch_norm import (BASE_LR, BETTER, GRADIENT_DECADES, MIN_DRIFT, acc_at, claim_drift,
                                          claim_gradient_flow, claim_high_lr, claim_init_scale, claim_less_dropout,
                                          claim_placement, claim_regularizes, claim_speed, drift, dropout_gain,
                                          gradient_decades, init_scales, layer_input_stats, run_drift, shortfall,
                                          value_at_epoch)
+from trainlab.studies.measures import backpropagated_gradients
 
 
 def _run(train_acc: list[float], final_train_acc: float = 0.9, test_acc: float = 0.4) -> RunResult:
@@ -95,14 +97,19 @@ def test_placement_and_dropout_claims_follow_the_numbers():
     assert found.verdict == "inconclusive" and found.parts["BN gains less"].verdict == "supported"
 
 
-def test_gradient_decades_compare_the_first_and_the_last_weight_gradient():
+def test_gradient_decades_compare_the_first_and_last_hidden_backpropagated_gradient_and_bn_ignores_the_scale():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
-    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 2, (16,))
-    loss = nn.functional.cross_entropy(model(x), y)
-    first, last = torch.autograd.grad(loss, [model[0].weight, model[2].weight])
-    expected = abs(np.log10(first.square().mean().sqrt().item() / last.square().mean().sqrt().item()))
-    assert gradient_decades(model, x, y) == pytest.approx(expected)
+    model = MLP(depth=3, width=8, activation="relu", norm="batch").build((3,), 2, torch.Generator().manual_seed(0))
+    model = model.double()
+    x, y = torch.randn(32, 3, dtype=torch.float64), torch.randint(0, 2, (32,))
+    _, rms, _ = backpropagated_gradients(model, x, y)
+    assert len(rms) == 3 and gradient_decades(model, x, y) == pytest.approx(abs(np.log10(rms[0] / rms[-1])))
+    # Each BN divides its layer's output by its std, so scaling the hidden weights leaves the ratio where it was.
+    before = gradient_decades(model, x, y)
+    with torch.no_grad():
+        for m in [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]:
+            m.weight.mul_(10)
+    assert gradient_decades(model, x, y) == pytest.approx(before, abs=1e-3)
 
 
 def test_drift_is_the_change_of_the_hidden_units_mean_and_std_in_initial_stds():

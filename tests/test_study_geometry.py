@@ -113,7 +113,12 @@ def test_small_inits_shrink_relu_layers_and_leave_sigmoid_uneven(sigmoid_relu):
     assert growth(relu["normal/std"]) < 1 / GROWS
     uneven = sigmoid_relu["sigmoid"]["uniform/uneven"]
     assert found.numbers["sigmoid U(±0.05) uneven: mean"] == pytest.approx(uneven.min())
+    assert found.numbers["sigmoid N(0, 0.05²) uneven: mean"] == pytest.approx(
+        sigmoid_relu["sigmoid"]["normal/uneven"].min())
     assert found.verdict == "supported"
+    # Where N(0, 0.05²) spread a sigmoid layer no more than zeros do, the claim does not hold.
+    flat = {**sigmoid_relu["sigmoid"], "normal/std": sigmoid_relu["sigmoid"]["zeros/std"]}
+    assert claim_small_inits_uneven({"forward": {**r["forward"], "sigmoid": [flat] * 3}}).verdict == "refuted"
 
 
 @pytest.mark.slow

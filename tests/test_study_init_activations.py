@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -83,10 +84,25 @@ def test_gradient_flow_balances_tanh_from_xavier_and_not_from_large_weights():
     # From N(0, 1) the tanh layers' gradients are far apart: the first layer's about 0.9 decades above the last
     # hidden layer's over these 4 layers (3.3 decades over the study's 10); from Xavier they match.
     assert abs(xavier["log_ratio"]) < 0.3 < 0.6 < large["log_ratio"]
+    # Backwards, Xavier's tanh layers shrink the gradient a little (tanh' < 1 off 0), N(0, 1)'s grow it.
+    assert -0.5 < xavier["delta_ratio"] < 0 < 0.6 < large["delta_ratio"]
     # Xavier's logits are small, so the loss starts near chance, ln(10); N(0, 1)'s are large and confidently wrong.
     assert xavier["start_loss"] == pytest.approx(np.log(10), abs=0.3) and large["start_loss"] > 2 * np.log(10)
     assert 0 < xavier["unit_spread"] < 1
     assert gradient_flow("tanh", "xavier", 0, budget) == xavier  # the seed fixes every draw
+
+
+def test_backpropagated_gradients_tell_relu_weight_scales_apart_where_weight_gradients_cannot():
+    budget = InitBudget(seeds=1, epochs=1, layers=4, width=50, samples=200, networks=2)
+    flow = {init: gradient_flow("relu", init, 0, budget) for init in ("he", "normal_1", "normal_0.01")}
+    # Backwards through 3 layers of 50 ReLUs the gradient is multiplied by about sqrt(50 sigma^2 / 2) per layer:
+    # 1 from He, 5 from N(0, 1) (+2.1 decades), 0.05 from N(0, 0.01^2) (-3.9 decades).
+    assert abs(flow["he"]["delta_ratio"]) < 0.3
+    assert flow["normal_1"]["delta_ratio"] == pytest.approx(3 * math.log10(5), abs=0.4)
+    assert flow["normal_0.01"]["delta_ratio"] == pytest.approx(3 * math.log10(0.05), abs=0.4)
+    # Each weight gradient scales by sigma^(L - 1) alike (for a given gradient at the output), so their ratio stays
+    # within half a decade of 1 from every scale.
+    assert all(abs(f["log_ratio"]) < 0.6 for f in flow.values())
 
 
 def test_xavier_and_he_are_close_only_within_the_margin():
@@ -149,7 +165,7 @@ def test_on_three_seeds_zero_init_keeps_units_identical_and_a_second_run_compute
     assert claims["good_init_starts_lower"].numbers["he: N(0, 1) mean"] == pytest.approx(
         np.mean([f["start_loss"] for f in flow["relu"]["normal_1"]]))
     assert claims["init_balances_gradients"].numbers["tanh: normal_1 far from 1: mean"] == pytest.approx(
-        np.mean([abs(f["log_ratio"]) for f in flow["tanh"]["normal_1"]]))
+        np.mean([abs(f["delta_ratio"]) for f in flow["tanh"]["normal_1"]]))
     assert claims["uniform_uneven_units"].numbers["tanh: U(-1, 1) mean"] == pytest.approx(
         np.mean([f["unit_spread"] for f in flow["tanh"]["uniform_1"]]))
     assert claims["tanh_saturates"].numbers["mean"] == pytest.approx(

@@ -7,11 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from trainlab.config import load_config
 from trainlab.data import split_sizes
 from trainlab.runs import RunResult
-from trainlab.studies.measures import (SMOOTHING, StepLoss, TrainEval, epochs_to_accuracy, generalization_gap,
+from trainlab.studies.measures import (SMOOTHING, StepLoss, TrainEval, backpropagated_gradients, epochs_to_accuracy,
+                                       generalization_gap,
                                        mean_finite, reached, smoothed_loss, steps_to_target, train_metric)
 from trainlab.trainer import build_trainer
 
@@ -99,3 +101,20 @@ def test_train_eval_and_step_loss_record_what_the_run_did():
     recorded = trainer.extras["train_eval"]
     assert recorded["acc"] == pytest.approx((out.argmax(1) == y).float().mean().item())
     assert recorded["loss"] == pytest.approx(torch.nn.functional.cross_entropy(out, y).item(), rel=1e-5)
+
+
+def test_backpropagated_gradients_are_the_loss_gradients_at_each_hidden_linear_output():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 2, (16,))
+    loss, rms, (w1_grad,) = backpropagated_gradients(model, x, y, [model[0].weight])
+    # By hand: g = (softmax - onehot) / N at the logits, then back through each linear map and ReLU mask.
+    z1 = model[0](x)
+    z2 = model[2](z1.relu())
+    logits = model[4](z2.relu())
+    g = (logits.softmax(1) - nn.functional.one_hot(y, 2)) / len(y)
+    delta2 = (g @ model[4].weight) * (z2 > 0)
+    delta1 = (delta2 @ model[2].weight) * (z1 > 0)
+    assert loss == pytest.approx(nn.functional.cross_entropy(logits, y).item())
+    assert rms == pytest.approx([delta1.square().mean().sqrt().item(), delta2.square().mean().sqrt().item()])
+    torch.testing.assert_close(w1_grad, delta1.T @ x)

@@ -31,9 +31,10 @@ to the scale):
   BN is smaller by more than ``BETTER``. Where dropout does not help the plain network, the verdict is inconclusive:
   there is no need for BN to reduce;
 - gradient flow: at initialization, for every init scale, the gradient of the cross-entropy on the training set (one
-  batch, train mode) is taken with respect to the first and the last weight matrix (the head); per seed the mean
-  over the init scales of |log10(first's gradient RMS / last's)| is how many decades the gradient changes through
-  the net (0: it flows evenly; float64, so nothing underflows). BN eases vanishing and exploding gradients when this
+  batch, train mode) is taken with respect to the first and the last hidden layer's linear output (the
+  backpropagated gradient, before BN; the weight gradients' ratio would hide the scale in a ReLU net without BN);
+  per seed the mean over the init scales of |log10(first's gradient RMS / last's)| is how many decades the gradient
+  changes through the net (0: it flows evenly; float64, so nothing underflows). BN eases vanishing and exploding gradients when this
   is smaller with BN by more than ``GRADIENT_DECADES`` (0.5) decades;
 - drift of the hidden distributions (internal covariate shift): for the reference runs, the inputs of every linear
   layer after the first (the hidden activations the next layer sees) on the whole training set, in train mode, with
@@ -45,6 +46,7 @@ to the scale):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +62,8 @@ from trainlab.figures import bars_figure, curves_figure
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, one_thread, series, threshold_result)
-from trainlab.studies.measures import TrainEval, generalization_gap, mean_finite, train_metric
+from trainlab.studies.measures import (TrainEval, backpropagated_gradients, generalization_gap, mean_finite,
+                                       train_metric)
 from trainlab.models import MLP
 from trainlab.runs import RunResult
 from trainlab.trainer import seeds_for
@@ -77,6 +80,7 @@ BETTER = 0.01  # test accuracy by which one network must beat another to count
 DROPOUT = 0.3  # the regularization study's rate
 DROPOUT_VARIANTS = ("none", "bn")
 GRADIENT_DECADES = 0.5  # decades of first-to-last gradient ratio by which BN must bring it nearer to 1
+GRADIENT_VERSION = 2  # bump when the gradient-flow measure changes (2: backpropagated, not weight, gradients)
 MIN_DRIFT = 0.1  # drift of the hidden distributions (in initial stds) that counts as drifting, and as less drift
 
 
@@ -174,11 +178,10 @@ def claim_less_dropout(r: dict[str, Any]) -> ClaimResult:
 
 
 def gradient_decades(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """|log10| of the ratio of the first to the last weight matrix's gradient RMS of the cross-entropy on (x, y)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    loss = nn.functional.cross_entropy(model(x), y)
-    first, last = torch.autograd.grad(loss, [linears[0].weight, linears[-1].weight])
-    return float(abs(torch.log10(first.square().mean().sqrt() / last.square().mean().sqrt())))
+    """|log10| of the ratio of the first to the last hidden layer's backpropagated gradient RMS of the cross-entropy
+    on (x, y) (``measures.backpropagated_gradients``)."""
+    _, rms, _ = backpropagated_gradients(model, x, y)
+    return abs(math.log10(rms[0] / rms[-1]))
 
 
 def init_gradients(budget: BatchNormBudget, config: Any, scales: list[float], seeds: list[int]) -> dict[str, Any]:
@@ -303,7 +306,8 @@ class BatchNorm(Study[BatchNormBudget]):
         by_lr = {v: {lr: runs[f"{v}@lr={lr:g}"] for lr in lrs} for v in VARIANTS}
 
         config = ctx.run_config(self.base_config(b), {}, ctx.seeds[0])
-        gradients = ctx.cached("gradients", {"scales": scales, "seeds": ctx.seeds, "depth": b.depth,
+        gradients = ctx.cached("gradients", {"version": GRADIENT_VERSION, "scales": scales, "seeds": ctx.seeds,
+                                             "depth": b.depth,
                                              "width": b.width, "data": config.data.model_dump(mode="json")},
                                lambda: init_gradients(b, config, scales, ctx.seeds))
         reference = {v: by_lr[v][BASE_LR] for v in DROPOUT_VARIANTS}

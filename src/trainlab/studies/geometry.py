@@ -466,20 +466,22 @@ def claim_uniform_range_grows(r: dict[str, Any]) -> ClaimResult:
 
 
 def claim_small_inits_uneven(r: dict[str, Any]) -> ClaimResult:
-    """Keras's small defaults N(0, 0.05²) and U(±0.05): more spread than zeros in every layer, but with sigmoid
-    (U) no layer near flat (distance above ``EVEN_TV``), and with ReLU (both) a std that shrinks by more than
-    ``GROWS``x per layer (geometric mean), toward 0."""
+    """Keras's small defaults N(0, 0.05²) and U(±0.05), each: with sigmoid more spread than zeros in every layer but
+    no layer near flat (distance above ``EVEN_TV``), and with ReLU a std that shrinks by more than ``GROWS``x per
+    layer (geometric mean), toward 0."""
     forward = r["forward"]
-    parts = {"sigmoid U(±0.05) spread": threshold_result(
-        [float(np.min(s["uniform/std"] - s["zeros/std"])) for s in forward["sigmoid"]], ">", 0.0,
-        "smallest sigmoid layer std above zeros', U(±0.05)"),
-        "sigmoid U(±0.05) uneven": threshold_result([float(s["uniform/uneven"].min()) for s in forward["sigmoid"]],
-                                                    ">", EVEN_TV, "smallest distance of a sigmoid layer's histogram "
-                                                                  "from the flat one, U(±0.05)")}
+    parts = {}
     for init in ("normal", "uniform"):
-        parts[f"ReLU {LABELS[init]} shrinks"] = threshold_result(
+        label = LABELS[init]
+        parts[f"sigmoid {label} spread"] = threshold_result(
+            [float(np.min(s[f"{init}/std"] - s["zeros/std"])) for s in forward["sigmoid"]], ">", 0.0,
+            f"smallest sigmoid layer std above zeros', {label}")
+        parts[f"sigmoid {label} uneven"] = threshold_result(
+            [float(s[f"{init}/uneven"].min()) for s in forward["sigmoid"]], ">", EVEN_TV,
+            f"smallest distance of a sigmoid layer's histogram from the flat one, {label}")
+        parts[f"ReLU {label} shrinks"] = threshold_result(
             [growth(s[f"{init}/std"]) for s in forward["relu"]], "<", 1 / GROWS,
-            f"growth of the ReLU activation std per layer (geometric mean), {LABELS[init]}")
+            f"growth of the ReLU activation std per layer (geometric mean), {label}")
     return joint(parts)
 
 

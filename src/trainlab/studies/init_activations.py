@@ -19,8 +19,9 @@ layer's gradient RMS of the deepest stack is more than ``EXPLODES`` decades (10x
 and grows by that much more than from He.
 
 Gradient-flow part (``gradient_flow``): stacks of ``layers`` hidden layers (ReLU and tanh) per init, U(-1, 1)
-included, on the same random-label input: log10 of the first over the last hidden weight matrix's gradient RMS
-(both width x width: the output layer's would differ by its shape alone), the
+included, on the same random-label input: log10 of the first over the last hidden layer's backpropagated gradient
+RMS (of the loss with respect to the layer's pre-activations; the output layer's would differ by its shape alone),
+the same ratio of their weight gradients (shown, not judged: in a ReLU stack it is blind to the weight scale), the
 cross-entropy at initialization, and the spread over the first layer's units of log10 of their gradient norms.
 A gradient ratio is *near 1* within ``NEAR_ONE`` decades (about 3x) and *far from 1* beyond ``FAR_FROM_ONE``; a
 *lower starting loss* is lower by at least ``LOWER_START`` nats; units learn *unevenly* when the spread of their
@@ -51,7 +52,8 @@ from trainlab.figures import HistogramCell, curves_figure, histogram_grid
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, one_thread, series, threshold_result)
-from trainlab.studies.measures import StepLoss, mean_finite, smoothed_loss, steps_to_target
+from trainlab.studies.measures import (StepLoss, backpropagated_gradients, mean_finite, smoothed_loss,
+                                       steps_to_target)
 
 INITS: dict[str, Any] = {
     "zeros": "zeros",
@@ -76,7 +78,7 @@ SHORTFALL = 0.05  # test accuracy below He's that still counts as "works"
 EXPLODES = 1.0  # decades of first-layer gradient growth from 1 to ``layers`` hidden layers
 UNIFORM = {"name": "uniform", "a": 1.0}  # the notes' "uniform" init at a common half-width: U(-1, 1)
 SPECS: dict[str, Any] = {**INITS, "uniform_1": UNIFORM}  # every init of the study, by name
-FLOW_VERSION = 1  # bump when the gradient-flow experiment changes
+FLOW_VERSION = 2  # bump when the gradient-flow experiment changes
 FLOW_INITS = ("xavier", "he", "normal_1", "normal_0.01", "uniform_1")
 SUITABLE = {"relu": "he", "tanh": "xavier"}  # the gradient-flow activations, each with its suitable init
 NEAR_ONE = 0.5  # decades: a first / last hidden layer gradient ratio within this of 1 is "near 1"
@@ -155,10 +157,16 @@ def _random_task(spec: MLP, generator: torch.Generator, budget: InitBudget) -> t
     return model, x, y
 
 
+def _log10_ratio(first: float, last: float) -> float:
+    return math.log10(first / last) if first > 0 and last > 0 else math.nan
+
+
 def gradient_flow(activation: str, init: str, seed: int, budget: InitBudget) -> dict[str, float]:
     """For a stack of ``budget.layers`` hidden layers (``activation``, ``init``) on the random-label task, means
-    over ``budget.networks`` networks drawn from ``seed``: ``log_ratio``, log10 of the first over the last hidden
-    weight matrix's gradient RMS; ``start_loss``, the cross-entropy at initialization; ``unit_spread``, the std over the
+    over ``budget.networks`` networks drawn from ``seed``: ``delta_ratio``, log10 of the RMS of the backpropagated
+    gradient (``measures.backpropagated_gradients``) at the first hidden layer over that at the last; ``log_ratio``,
+    the same for the first and last hidden weight matrices' gradients (which cannot show a ReLU stack's gradients
+    vanishing or exploding); ``start_loss``, the cross-entropy at initialization; ``unit_spread``, the std over the
     first layer's units of log10 of their gradient norms (units with no gradient left out)."""
     generator = torch.Generator().manual_seed(seed)
     spec = MLP(depth=budget.layers, width=budget.width, activation=activation, init=SPECS[init])
@@ -167,16 +175,16 @@ def gradient_flow(activation: str, init: str, seed: int, budget: InitBudget) -> 
         for _ in range(budget.networks):
             model, x, y = _random_task(spec, generator, budget)
             weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-            loss = nn.functional.cross_entropy(model(x), y)
-            grads = [g.double() for g in torch.autograd.grad(loss, weights)]
-            rms = [float(g.square().mean().sqrt()) for g in grads]
-            units = grads[0].norm(dim=1)
+            loss, deltas, grads = backpropagated_gradients(model, x, y, weights)
+            rms = [float(g.double().square().mean().sqrt()) for g in grads]
+            units = grads[0].double().norm(dim=1)
             units = units[units > 0].log10()
-            # The last hidden layer, not the output layer: its 10 rows would differ in scale by shape alone.
-            rows.append([math.log10(rms[0] / rms[-2]) if rms[-2] > 0 and rms[0] > 0 else math.nan,
-                         float(loss.detach()), float(units.std()) if units.numel() > 1 else math.nan])
-    ratio, start, spread = np.nanmean(np.array(rows, dtype=float), axis=0)
-    return {"log_ratio": float(ratio), "start_loss": float(start), "unit_spread": float(spread)}
+            # The last hidden layer, not the output layer: its 10 units would differ in scale by shape alone.
+            rows.append([_log10_ratio(deltas[0], deltas[-1]), _log10_ratio(rms[0], rms[-2]), loss,
+                         float(units.std()) if units.numel() > 1 else math.nan])
+    delta, ratio, start, spread = np.nanmean(np.array(rows, dtype=float), axis=0)
+    return {"delta_ratio": float(delta), "log_ratio": float(ratio), "start_loss": float(start),
+            "unit_spread": float(spread)}
 
 
 def ends_share(hist: np.ndarray) -> float:
@@ -340,13 +348,13 @@ def _flow(r: dict[str, Any], act: str, init: str, key: str) -> list[float]:
 
 
 def claim_init_balances_gradients(r: dict[str, Any]) -> ClaimResult:
-    what = "|log10(first / last layer gradient RMS)|"
+    what = "|log10(first / last hidden layer backpropagated gradient RMS)|"
     parts = {}
     for act, suitable in SUITABLE.items():
-        parts[f"{act}: {suitable} near 1"] = threshold_result(np.abs(_flow(r, act, suitable, "log_ratio")), "<",
+        parts[f"{act}: {suitable} near 1"] = threshold_result(np.abs(_flow(r, act, suitable, "delta_ratio")), "<",
                                                               NEAR_ONE, f"{what}, {act}, {LABELS[suitable]}")
         for bad in ("normal_1", "normal_0.01"):
-            parts[f"{act}: {bad} far from 1"] = threshold_result(np.abs(_flow(r, act, bad, "log_ratio")), ">",
+            parts[f"{act}: {bad} far from 1"] = threshold_result(np.abs(_flow(r, act, bad, "delta_ratio")), ">",
                                                                  FAR_FROM_ONE, f"{what}, {act}, {LABELS[bad]}")
     return joint(parts)
 
@@ -395,8 +403,9 @@ CLAIMS = (
     Claim("plateau_slow", "A network started in a plateau trains slowly: a sigmoid network from N(0, 1) "
                           "(saturated) reaches a target training loss later than from Xavier.", claim_plateau_slow),
     Claim("init_balances_gradients", "A suitable initialization prevents vanishing and exploding gradients: the "
-                                     "first-to-last layer gradient ratio of a deep network is near 1 from He "
-                                     "(ReLU) or Xavier (tanh), and far from 1 from N(0, 1) or N(0, 0.01²).",
+                                     "backpropagated gradient of a deep network keeps its size from the last "
+                                     "hidden layer to the first from He (ReLU) or Xavier (tanh), and grows or "
+                                     "shrinks by more than 10x from N(0, 1) or N(0, 0.01²).",
           claim_init_balances_gradients),
     Claim("good_init_starts_lower", "A correct initialization starts from a lower loss: Xavier and He start a deep "
                                     "ReLU network at a lower loss than N(0, 1).", claim_good_init_starts_lower),
@@ -506,10 +515,11 @@ def _flow_tables(results: dict[str, Any], b: InitBudget) -> list[Table]:
     """The gradient-flow experiment and the plateau arms, as tables (means over seeds)."""
     flow = results["flow"]
     rows = [[act, LABELS[init], *(mean_finite([f[k] for f in flow[act][init]])
-                                  for k in ("log_ratio", "start_loss", "unit_spread"))]
+                                  for k in ("delta_ratio", "log_ratio", "start_loss", "unit_spread"))]
             for act in flow for init in flow[act]]
     flow_table = Table(f"Gradient flow at initialization: {b.layers} hidden layers of {b.width} units, random labels "
-                       "(means over seeds)", ["activation", "init", "log10 first / last hidden gradient RMS",
+                       "(means over seeds)", ["activation", "init", "log10 first / last hidden backpropagated "
+                                              "gradient RMS", "log10 first / last hidden weight gradient RMS",
                                               "starting loss", "spread of unit gradients (decades)"], rows)
     plateau = results["plateau"]
     total = max(len(run.extras["step_loss"]) for runs in plateau.values() for run in runs)

@@ -7,7 +7,8 @@
   with one rule for a miss;
 - ``generalization_gap``: train accuracy minus test accuracy at fit end;
 - ``mean_finite``: the mean of the finite values, for tables that must survive a diverged run;
-- ``rank_correlation``: Spearman's rank correlation, 0 when either side is constant.
+- ``rank_correlation``: Spearman's rank correlation, 0 when either side is constant;
+- ``backpropagated_gradients``: at given weights, the RMS of the loss gradient at each hidden layer's linear output.
 
 What a callback records goes into ``trainer.extras`` (stored with the run), so a run loaded from the store carries
 it too; ``TRAIN_EVAL`` and ``STEP_LOSS`` are the keys.
@@ -20,8 +21,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from trainlab.callbacks import Callback
+from trainlab.diagnostics.probes import forward_hooks
 from trainlab.lr_range import smooth
 from trainlab.runs import RunResult
 
@@ -127,3 +130,24 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     if np.all(x == x[0]) or np.all(y == y[0]):
         return 0.0
     return float(spearmanr(x, y).statistic)
+
+
+def backpropagated_gradients(model: nn.Module, x: Tensor, y: Tensor, wrt: Sequence[Tensor] = ()
+                             ) -> tuple[float, list[float], list[Tensor]]:
+    """The cross-entropy of ``model`` on (x, y); the RMS of its gradient with respect to the output of every linear
+    layer but the last (each hidden layer's backpropagated gradient, before any norm or activation: the signal that
+    vanishes or explodes through depth, which Glorot and Bengio (2010) keep constant across layers); and its
+    gradients with respect to the tensors ``wrt`` (one backward pass for all).
+
+    The weight gradients' RMS is no substitute: a layer's weight gradient is its backpropagated gradient times its
+    input, and scaling every weight of a ReLU stack by c scales the first by c^(L - l) and the second by c^(l - 1),
+    so (for a given gradient at the output) every layer's weight gradient by c^(L - 1) alike.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    outputs: dict[nn.Module, Tensor] = {}
+    with forward_hooks({m: lambda module, _, out: outputs.__setitem__(module, out) for m in linears[:-1]}):
+        loss = nn.functional.cross_entropy(model(x), y)
+    hidden = [outputs[m] for m in linears[:-1]]
+    grads = torch.autograd.grad(loss, [*hidden, *wrt])
+    rms = [float(g.double().square().mean().sqrt()) for g in grads[:len(hidden)]]
+    return float(loss.detach()), rms, list(grads[len(hidden):])
