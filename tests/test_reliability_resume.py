@@ -134,7 +134,7 @@ def test_a_run_that_finishes_is_recorded_as_finished(tmp_path):
 
 def test_the_same_config_and_seed_twice_give_identical_metrics_and_weights(tmp_path):
     first = train(load_config(CONFIG), tmp_path / "a")
-    second = train(load_config(CONFIG), tmp_path / "b")
+    train(load_config(CONFIG), tmp_path / "b")
     assert first.final["epochs_run"] == 12 and first.final["stopped_reason"].startswith("early stopping")
     assert kill_resume.differences(kill_resume.final_state(tmp_path / "a"), kill_resume.final_state(tmp_path / "b")) \
         == []

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from trainlab.cli import app
 from trainlab.config import load_config
-from trainlab.search import Choice, Range, SearchSpec, grid_points, make_spec, narrow_space, run_search
+from trainlab.search import Choice, Range, grid_points, make_spec, narrow_space, run_search
 
 runner = CliRunner()
 BASE = {"seed": 0, "data": {"dataset": {"name": "moons", "n_samples": 200}, "batch_size": 32},

@@ -15,7 +15,7 @@ from trainlab.studies import STUDIES, make_context, run_study
 from trainlab.studies.base import finals
 from trainlab.studies.measures import generalization_gap, rank_correlation
 from trainlab.studies.regularization import (ARMS, DROPOUT_ARMS, DROPOUT_RATES, FITS_BETTER, HIST_EDGES, L2_PATH,
-                                             LONGER_EPOCHS, LOSS_CHANGE, MIN_CORRELATION, NOISE_ARMS, RATE_MATTERS,
+                                             LONGER_EPOCHS, LOSS_CHANGE, NOISE_ARMS, RATE_MATTERS,
                                              SELECTS, SWEEP, TARGET_LOSS, FeatureProbe, after_val_minimum,
                                              claim_dropout_slower, claim_early_stopping, claim_fits_better, claim_gap,
                                              claim_large_weights, claim_longer_overfits, claim_rate_matters,

@@ -34,8 +34,8 @@ to the scale):
   batch, train mode) is taken with respect to the first and the last hidden layer's linear output (the
   backpropagated gradient, before BN; the weight gradients' ratio would hide the scale in a ReLU net without BN);
   per seed the mean over the init scales of |log10(first's gradient RMS / last's)| is how many decades the gradient
-  changes through the net (0: it flows evenly; float64, so nothing underflows). BN eases vanishing and exploding gradients when this
-  is smaller with BN by more than ``GRADIENT_DECADES`` (0.5) decades;
+  changes through the net (0: it flows evenly; float64, so nothing underflows). BN eases vanishing and exploding
+  gradients when this is smaller with BN by more than ``GRADIENT_DECADES`` (0.5) decades;
 - drift of the hidden distributions (internal covariate shift): for the reference runs, the inputs of every linear
   layer after the first (the hidden activations the next layer sees) on the whole training set, in train mode, with
   the initial weights (rebuilt from the run's seed) and with the trained ones (its checkpoint); per layer the drift
