@@ -13,8 +13,7 @@ from trainlab.config import load_config
 from trainlab.data import split_sizes
 from trainlab.runs import RunResult
 from trainlab.studies.measures import (SMOOTHING, StepLoss, TrainEval, backpropagated_gradients, epochs_to_accuracy,
-                                       generalization_gap,
-                                       mean_finite, reached, smoothed_loss, steps_to_target, train_metric)
+                                       epochs_to_loss, generalization_gap, mean_finite, reached, smoothed_loss, steps_to_target, train_metric)
 from trainlab.trainer import build_trainer
 
 nan, inf = float("nan"), float("inf")
@@ -64,6 +63,16 @@ def test_epochs_to_accuracy_counts_epochs_and_a_miss_as_epochs_plus_one():
     assert epochs_to_accuracy(run, 0.95, epochs=4) == 4
     assert epochs_to_accuracy(run, 0.99, epochs=4) == 5
     assert epochs_to_accuracy(_run(val_acc=[0.5, nan]), 0.9, epochs=6) == 7  # diverged and stopped after 2
+
+
+def test_epochs_to_loss_counts_epochs_down_to_the_target_and_a_miss_as_epochs_plus_one():
+    history = [{"epoch": i + 1, "train_loss": t, "val_loss": v}
+               for i, (t, v) in enumerate(zip([2.0, 1.2, 1.4, 0.9], [2.1, 1.0, 1.5, 1.1]))]
+    run = RunResult({}, history, {}, {})
+    assert epochs_to_loss(run, 1.2, epochs=4) == 2
+    assert epochs_to_loss(run, 1.0, epochs=4) == 4
+    assert epochs_to_loss(run, 0.5, epochs=6) == 7
+    assert epochs_to_loss(run, 1.0, epochs=4, key="val_loss") == 2
 
 
 def test_the_generalization_gap_is_train_minus_test_at_fit_end():

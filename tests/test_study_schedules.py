@@ -107,8 +107,13 @@ def test_speed_and_one_cycle_claims_need_more_than_the_minimum_number_of_epochs(
          "end_roughness": {"one_cycle": calm, "constant": rough, "cosine": rough}}
     assert claim_faster(r).verdict == "supported"
     assert claim_one_cycle(r).verdict == "supported"
-    r["to_loss"]["step"] = [slow - 1, slow, slow - 1, slow - 1]  # at most one epoch sooner: within the minimum
-    assert claim_faster(r).verdict in ("refuted", "inconclusive")
+    # Step decay 0.75 epochs sooner on 4 seeds: the CI [-1.55, 0.05] neither shows nor rules out 1 epoch sooner.
+    r["to_loss"]["step"] = [slow - 1, slow, slow - 1, slow - 1]
+    assert claim_faster(r).verdict == "inconclusive"
+    assert claim_faster(r).parts["step"].verdict == "inconclusive"
+    # As slow as constant on every seed (paired differences 0, 0, 0, 0.1): sooner by 1 epoch is ruled out.
+    r["to_loss"]["step"] = [a + d for a, d in zip(r["to_loss"]["constant"], (0, 0, 0, 0.1))]
+    assert claim_faster(r).verdict == "refuted"
     r["end_roughness"]["cosine"] = [c + STABLER / 10 for c in calm]
     assert claim_one_cycle(r).parts["stabler end than cosine"].verdict == "refuted"
 

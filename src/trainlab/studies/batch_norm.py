@@ -236,7 +236,8 @@ def run_drift(run: RunResult) -> float:
 def claim_gradient_flow(r: dict[str, Any]) -> ClaimResult:
     g = r["gradient_decades"]
     return compare_result(np.mean(g["bn"], axis=1), np.mean(g["none"], axis=1), "less",
-                          "|log10 first / last layer's gradient RMS| at init, mean over init scales",
+                          "|log10 first / last hidden layer's backpropagated gradient RMS| at init, mean over init "
+                          "scales",
                           ("BN", "no BN"), min_effect=GRADIENT_DECADES)
 
 
@@ -407,8 +408,9 @@ def _flow_table(results: dict[str, Any]) -> Table:
             for i, s in enumerate(results["scales"])]
     rows.append([f"drift of the hidden distributions (He init, lr {BASE_LR:g})", mean_finite(d["none"]),
                  mean_finite(d["bn"])])
-    return Table("Gradient flow at init: |log10 first / last layer's gradient RMS| per init scale, and the drift of "
-                 "the hidden layers' input distributions from init to the end (means over seeds)",
+    return Table("Gradient flow at init: |log10 first / last hidden layer's backpropagated gradient RMS| per init "
+                 "scale, and the drift of the hidden layers' input distributions from init to the end (means over "
+                 "seeds)",
                  ["init std", "no BN", "BN"], rows)
 
 

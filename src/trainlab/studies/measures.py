@@ -3,8 +3,8 @@
 - ``TrainEval`` (callback) and ``train_metric``: loss and accuracy on the whole training set at fit end, eval mode;
 - ``StepLoss`` (callback): the training loss of every step;
 - ``smoothed_loss``: the debiased moving average of step losses (``trainlab.lr_range.smooth``, beta ``SMOOTHING``);
-- ``steps_to_target`` (and ``epochs_to_accuracy``): the first step (or epoch) at which a curve reaches a target,
-  with one rule for a miss;
+- ``steps_to_target`` (and ``epochs_to_accuracy``, ``epochs_to_loss``): the first step (or epoch) at which a curve
+  reaches a target, with one rule for a miss;
 - ``generalization_gap``: train accuracy minus test accuracy at fit end;
 - ``mean_finite``: the mean of the finite values, for tables that must survive a diverged run;
 - ``rank_correlation``: Spearman's rank correlation, 0 when either side is constant;
@@ -99,6 +99,12 @@ def epochs_to_accuracy(run: RunResult, target: float, epochs: int, key: str = "v
     """``steps_to_target`` of the accuracy ``key`` after each epoch (``reach="above"``): the first epoch at
     ``target`` or above; a miss (never there, or stopped before) counts as ``epochs + 1``."""
     return steps_to_target(run.metric(key), target, epochs, reach="above")
+
+
+def epochs_to_loss(run: RunResult, target: float, epochs: int, key: str = "train_loss") -> int:
+    """``steps_to_target`` of the loss ``key`` after each epoch: the first epoch at ``target`` or below; a miss
+    counts as ``epochs + 1``."""
+    return steps_to_target(run.metric(key), target, epochs)
 
 
 def reached(steps: int, total: int) -> bool:

@@ -84,7 +84,7 @@ from trainlab.runs import RunResult
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, params_hash, series, threshold_result)
-from trainlab.studies.measures import (TrainEval, generalization_gap, mean_finite, rank_correlation, steps_to_target,
+from trainlab.studies.measures import (TrainEval, epochs_to_loss, generalization_gap, mean_finite, rank_correlation,
                                        train_metric)
 
 ARMS: dict[str, dict[str, Any]] = {
@@ -328,7 +328,7 @@ def claim_fits_better(better: str, worse: str, target: str) -> Callable[[dict[st
 def epochs_to_target_loss(run: RunResult) -> int:
     """The first epoch whose training loss (train mode) is at or below ``TARGET_LOSS``; a miss counts as the
     run's epochs + 1."""
-    return steps_to_target(run.metric("train_loss"), TARGET_LOSS, int(run.config["epochs"]))
+    return epochs_to_loss(run, TARGET_LOSS, int(run.config["epochs"]))
 
 
 def claim_dropout_slower(r: dict[str, Any]) -> ClaimResult:

@@ -47,7 +47,7 @@ from trainlab.schedules import SCHEDULES, preview
 from trainlab.studies import register_study
 from trainlab.studies.base import (Budget, Claim, ClaimResult, FigureRef, Study, StudyContext, Table, compare_result,
                                    finals, joint, series)
-from trainlab.studies.measures import StepLoss, epochs_to_accuracy, mean_finite, reached, steps_to_target
+from trainlab.studies.measures import StepLoss, epochs_to_accuracy, epochs_to_loss, mean_finite, reached
 
 DECAYS = ("step", "exponential", "cosine")  # the monotone decays the "decaying beats constant" claim compares
 STABILITY_OPTIMIZER = {"name": "adam", "lr": 0.03}  # 30x Adam's default: a start that spikes without warmup
@@ -228,7 +228,7 @@ class Schedules(Study[ScheduleBudget]):
                 "test_acc": {name: finals(rs, "test_acc") for name, rs in runs.items()},
                 "test_acc_warmup": {name: finals(rs, "test_acc") for name, rs in warm.items()},
                 "target": target, "target_loss": (loss := target_loss(runs)),
-                "to_loss": {name: [steps_to_target(r.metric("train_loss"), loss, b.epochs) for r in rs]
+                "to_loss": {name: [epochs_to_loss(r, loss, b.epochs) for r in rs]
                             for name, rs in runs.items()},
                 "end_roughness": {name: [end_roughness(r.metric("val_loss"), end_epochs(b.epochs)) for r in rs]
                                   for name, rs in runs.items()},
