@@ -216,9 +216,6 @@ class LRController:
         self.steps = 0
         multiplier = functools.partial(schedule.factor, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         self._per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-        # After its warmup a constant schedule leaves the lr alone, so the per-step LambdaLR (tens of microseconds,
-        # a few percent of a small model's step) is skipped.
-        self._still_after_warmup = isinstance(schedule, Constant)
         self._plateau = None
         if isinstance(schedule, Plateau):
             self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -235,7 +232,7 @@ class LRController:
         """Advance one optimizer step."""
         self.steps += 1
         # After warmup, plateau's lr belongs to ReduceLROnPlateau; LambdaLR would reset it to the base lr.
-        if self.steps <= self.schedule.warmup_steps or not (self._plateau is not None or self._still_after_warmup):
+        if self._plateau is None or self.steps <= self.schedule.warmup_steps:
             self._per_step.step()
 
     def epoch_end(self, metrics: dict[str, float]) -> None:
