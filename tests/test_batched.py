@@ -237,6 +237,8 @@ def test_can_batch_accepts_the_supported_configs():
     ({"device": "cuda"}, {}, "the 'device' 'cuda' means CUDA"),
     ({"optimizer": {"name": "bfgs"}, "model.norm": "none", "model.dropout": 0.0}, {},
      "the 'optimizer' 'bfgs' takes one full-batch step per epoch"),
+    ({"model": {"name": "cnn1d", "channels": [4], "memory_format": "channels_last"}}, {},
+     "'memory_format' 'channels_last' has no stacked form"),
 ])
 def test_can_batch_refuses_and_names_why(overrides, kwargs, why):
     ok, reason = can_batch(load_config(MLP_BN, overrides), **kwargs)

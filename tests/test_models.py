@@ -46,6 +46,60 @@ def test_output_shape(name, shape, extra):
     assert model(torch.randn(4, *shape)).shape == (4, 3)
 
 
+@pytest.mark.parametrize("shape", [(40,), (3, 40)])
+@pytest.mark.parametrize("extra", [{"pool": "max", "head": [8]}, {"pool": "avg", "pool_after": [1], "head": [8]},
+                                   {"pool": "none", "global_pool": "max", "head": []},
+                                   {"norm": "layer", "conv_dropout": 0.0, "head": [8]}])
+def test_cnn1d_channels_last_computes_the_same_function(shape, extra):
+    """Built from the same generator, the channels-last cnn1d (2-D layers over one-row images) has the same weights
+    (conv kernels (out, in, 1, k) instead of (out, in, k)) and outputs as the contiguous one, up to rounding."""
+    spec = {"name": "cnn1d", "channels": [4, 6, 6], "kernel_size": 3, "norm": "batch", **extra}
+    plain = MODELS.create(spec).build(shape, 3, gen(5))
+    fast = MODELS.create({**spec, "memory_format": "channels_last"}).build(shape, 3, gen(5))
+    assert isinstance(fast.conv_blocks[0].conv, nn.Conv2d) and fast.conv_blocks[0].conv.kernel_size == (1, 3)
+    a, b = plain.state_dict(), fast.state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key].flatten(), b[key].flatten()), key
+    x = torch.randn(16, *shape)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    fast.conv_blocks[1].conv.register_forward_hook(
+        lambda m, i, o: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    seen: list[bool] = []
+    fast(x)
+    assert seen == [True]  # the layout holds through the blocks, not just at the input
+    grads = [torch.autograd.grad(m(x).square().sum(), m.conv_blocks[0].conv.weight)[0].flatten()
+             for m in (plain, fast)]
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+
+
+def test_cnn2d_channels_last_keeps_its_weights_and_function():
+    spec = {"name": "cnn2d", "channels": [4, 6], "kernel_size": 3, "head": [8]}
+    plain = MODELS.create(spec).build((2, 8, 8), 3, gen(1))
+    fast = MODELS.create({**spec, "memory_format": "channels_last"}).build((2, 8, 8), 3, gen(1))
+    assert [k for k, _ in fast.named_children()][:1] == ["channels_last"]
+    x = torch.randn(4, 2, 8, 8)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_pool_after_pools_only_the_named_blocks():
+    model = CNN1d(channels=[4, 4, 4], kernel_size=3, pool="max", pool_after=[0, 2], head=[]).build((16,), 2, gen())
+    assert [hasattr(block, "pool") for block in model.conv_blocks] == [True, False, True]
+    assert model.head.out.in_features == 4 * 4  # 16 halved twice
+    assert model(torch.randn(3, 16)).shape == (3, 2)
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"pool": "none", "pool_after": [0]}, r"'pool_after' .* needs pool='max' or 'avg'\. Got pool_after=\[0\] "
+                                          r"with pool='none'"),
+    ({"pool_after": [2]}, r"distinct block indices from 0 to 1 .*Got pool_after=\[2\]"),
+    ({"pool_after": [1, 1]}, r"distinct block indices .*Got pool_after=\[1, 1\]"),
+])
+def test_pool_after_errors_name_the_field_and_value(extra, match):
+    with pytest.raises(ValidationError, match=match):
+        CNN1d(channels=[4, 4], **extra)
+
+
 def test_cnn_without_pooling_keeps_the_length():
     model = CNN1d(channels=[4, 4, 4], kernel_size=5, pool="none", head=[]).build((3,), 2, gen())
     assert model.head.out.in_features == 4 * 3
@@ -294,8 +348,8 @@ def _bad_values(cls):
         annotation = str(info.annotation)
         if typing.get_origin(info.annotation) is typing.Literal:
             yield field, "not_a_choice"
-        if "list[" in annotation:  # lists of positive ints
-            yield field, [0]
+        if "list[" in annotation:  # lists of positive (or, pool_after, non-negative) ints
+            yield field, [-1]
         if isinstance(info.annotation, type) and issubclass(info.annotation, Component):  # a registry field
             yield field, "no_such_component"
 
@@ -312,7 +366,8 @@ def test_bad_value_cases_cover_the_constrained_fields():
     expected |= {(m, f) for m in ("mlp", "cnn1d", "cnn2d") for f in ("activation", "init", "norm", "norm_position",
                                                                     "dropout", "dropout_mode")}
     expected |= {(m, f) for m in ("cnn1d", "cnn2d") for f in ("channels", "kernel_size", "pool", "head",
-                                                              "conv_dropout", "global_pool")}
+                                                              "conv_dropout", "global_pool",
+                                                              "pool_after", "memory_format")}
     assert covered == expected
 
 
@@ -323,4 +378,5 @@ def test_invalid_value_is_rejected_naming_the_field(registry, cls, field, value)
     with pytest.raises(ValidationError) as err:
         registry.create(raw)
     msg = format_validation_error(err.value, raw, cls.name)
-    assert msg.startswith(field) and repr(value)[:20] in msg
+    shown = repr(value[0]) if isinstance(value, list) and value else repr(value)[:20]  # a list: its bad element
+    assert msg.startswith(field) and shown in msg

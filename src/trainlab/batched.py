@@ -290,6 +290,10 @@ def can_batch(config: RunConfig, callbacks: Sequence[Callback] = (),
     if not isinstance(config.model, BATCHED_MODELS):
         return False, (f"the 'model' {config.model.name!r} has no stacked form; batched models: "
                        f"{', '.join(m.name for m in BATCHED_MODELS)}")
+    if getattr(config.model, "memory_format", "contiguous") == "channels_last":
+        return False, ("the model's 'memory_format' 'channels_last' has no stacked form: per-replica slices of a "
+                       "stacked batch are not in channels-last layout, so the kernels (and roundings) would differ "
+                       "from a sequential run's")
     if config.optimizer.full_batch:
         return False, (f"the 'optimizer' {config.optimizer.name!r} takes one full-batch step per epoch with a "
                        f"closure; batched replicas step on minibatches")

@@ -3,7 +3,9 @@
 ``spec.build(input_shape, num_outputs, generator)`` returns an ``nn.Sequential`` whose children are named so that
 module names read the same in every model (diagnostics key their per-layer statistics on them)::
 
-    to_channels            (CNNs given an input without a channel dimension: (L,) -> (1, L), (H, W) -> (1, H, W))
+    to_channels            (CNNs given an input without a channel dimension: (L,) -> (1, L), (H, W) -> (1, H, W);
+                            cnn1d with memory_format channels_last: -> (C, 1, L), a one-row image)
+    channels_last          (CNNs with memory_format channels_last: the input in channels-last layout)
     conv_blocks.{i}.conv   (CNNs) then .norm / .act in the configured order, then .pool, .dropout
     global_pool            (CNNs with global_pool avg|max: one value per feature map)
     flatten
@@ -57,6 +59,13 @@ class ClassicDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class ChannelsLast(nn.Module):
+    """Its 4-D input in channels-last layout (the same values, strides ordered N, H, W, C)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 class ModelSpec(Component):
@@ -164,7 +173,14 @@ class MLP(ModelSpec):
 
 
 class _CNN(ModelSpec):
-    """Convolution blocks (conv -> norm/act -> pool -> dropout), then a dense head as in the MLP."""
+    """Convolution blocks (conv -> norm/act -> pool -> dropout), then a dense head as in the MLP.
+
+    ``pool_after`` lists the blocks (from 0) followed by pooling (default: every block, when ``pool`` is not
+    "none"). ``memory_format="channels_last"`` runs the conv blocks in channels-last layout (oneDNN's faster CPU
+    kernels); a cnn1d then computes its 1-D layers as 2-D ones over one-row images, (C, L) -> (C, 1, L), so its
+    conv weights have shape (out, in, 1, k). Same function, other rounding; measured on MNIST-1D (4 blocks of 32,
+    batch 128, one thread) a step took 0.5-0.85x the time of the contiguous layout, less with pooling.
+    """
 
     spatial_dims: ClassVar[int]
     input_layout: ClassVar[str]
@@ -175,6 +191,38 @@ class _CNN(ModelSpec):
     head: list[PositiveInt] = Field(default_factory=lambda: [128])
     conv_dropout: float = Field(0.0, ge=0, lt=1)
     global_pool: Literal["none", "avg", "max"] = "none"
+    pool_after: list[Annotated[int, Field(ge=0)]] | None = None
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"
+
+    @model_validator(mode="after")
+    def _check_pool_after(self) -> _CNN:
+        if self.pool_after is None:
+            return self
+        if self.pool == "none":
+            raise ValueError(f"{self.name}'s 'pool_after' names the blocks followed by pooling, so it needs "
+                             f"pool='max' or 'avg'. Got pool_after={self.pool_after} with pool='none' instead.")
+        wrong = [i for i in self.pool_after if i >= len(self.channels)]
+        if wrong or len(set(self.pool_after)) != len(self.pool_after):
+            raise ValueError(f"{self.name}'s 'pool_after' must list distinct block indices from 0 to "
+                             f"{len(self.channels) - 1} (one block per entry of 'channels'). "
+                             f"Got pool_after={self.pool_after} instead.")
+        return self
+
+    def build(self, input_shape: tuple[int, ...], num_outputs: int,
+              generator: torch.Generator | None = None) -> nn.Module:
+        model = super().build(input_shape, num_outputs, generator)
+        if self.memory_format == "channels_last":
+            # Kernels in channels-last layout too: with one input channel the input's layout is ambiguous, and
+            # oneDNN then takes the output's from the weight.
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    @property
+    def pooled_blocks(self) -> set[int]:
+        """The indices of the conv blocks followed by pooling."""
+        if self.pool == "none":
+            return set()
+        return set(range(len(self.channels))) if self.pool_after is None else set(self.pool_after)
 
     def _layers(self, input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
         nd = self.spatial_dims
@@ -182,36 +230,44 @@ class _CNN(ModelSpec):
             raise ValueError(f"{self.name} needs an input shape {self.input_layout} (batch dimension excluded). "
                              f"Got {input_shape} instead.")
         parts: list[tuple[str, nn.Module]] = []
-        if len(input_shape) == nd:
+        in_channels, spatial = (1, input_shape) if len(input_shape) == nd else (input_shape[0], input_shape[1:])
+        # In channels-last layout a 1-D net runs as a 2-D one over one-row images, (C, L) -> (C, 1, L): oneDNN's
+        # channels-last CPU kernels for convolution, batch norm and pooling are faster than its 1-D ones.
+        as_image = nd == 1 and self.memory_format == "channels_last"
+        if as_image:  # (L,) -> (1, 1, L); (C, L) -> (C, 1, L)
+            parts.append(("to_channels", nn.Unflatten(*((1, (1, 1, spatial[0])) if len(input_shape) == 1
+                                                        else (2, (1, spatial[0]))))))
+        elif len(input_shape) == nd:
             parts.append(("to_channels", nn.Unflatten(1, (1, input_shape[0]))))
-            in_channels, spatial = 1, input_shape
-        else:
-            in_channels, spatial = input_shape[0], input_shape[1:]
-        halvings = len(self.channels) if self.pool != "none" else 0
+        if self.memory_format == "channels_last":
+            parts.append(("channels_last", ChannelsLast()))
+        halvings = len(self.pooled_blocks)
         if min(spatial) < 2 ** halvings:
-            raise ValueError(f"{self.name} halves each spatial size {halvings} times (pool={self.pool!r} after each "
-                             f"of its {len(self.channels)} conv blocks), so it needs spatial sizes of at least "
-                             f"{2 ** halvings}. Got input shape {input_shape} instead; use fewer 'channels' or "
-                             f"pool='none'.")
-        conv, batch_norm = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d)}[nd]
+            raise ValueError(f"{self.name} halves each spatial size {halvings} times (pool={self.pool!r} after "
+                             f"{halvings} of its {len(self.channels)} conv blocks), so it needs spatial sizes of at "
+                             f"least {2 ** halvings}. Got input shape {input_shape} instead; use fewer 'channels', "
+                             f"fewer 'pool_after' blocks or pool='none'.")
+        dims = 2 if as_image else nd
+        conv, batch_norm = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d)}[dims]
         pool = {"max": {1: nn.MaxPool1d, 2: nn.MaxPool2d}, "avg": {1: nn.AvgPool1d, 2: nn.AvgPool2d}}
+        kernel, window = ((1, self.kernel_size), (1, 2)) if as_image else (self.kernel_size, 2)
         blocks = []
-        for out_channels in self.channels:
+        for index, out_channels in enumerate(self.channels):
             # GroupNorm with one group normalizes each sample over all its channels and positions: layer norm.
             norm = self._norm(batch_norm, lambda c: nn.GroupNorm(1, c), out_channels)
             tail = []
-            if self.pool != "none":
-                tail.append(("pool", pool[self.pool][nd](2)))
+            if index in self.pooled_blocks:
+                tail.append(("pool", pool[self.pool][dims](window)))
             if self.conv_dropout > 0:
                 tail.append(("dropout", self._dropout(self.conv_dropout)))
-            layer = conv(in_channels, out_channels, self.kernel_size, padding="same", bias=self._bias())
+            layer = conv(in_channels, out_channels, kernel, padding="same", bias=self._bias())
             blocks.append(self._block("conv", layer, norm, tail))
             in_channels = out_channels
         parts.append(("conv_blocks", nn.Sequential(*blocks)))
         if self.global_pool != "none":
             # One value per feature map: the head sees what was found, not where (translation invariance).
             adaptive = {"avg": {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d},
-                        "max": {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d}}[self.global_pool][nd]
+                        "max": {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d}}[self.global_pool][dims]
             parts.append(("global_pool", adaptive(1)))
             flat = self.channels[-1]
         else:
