@@ -178,8 +178,9 @@ class _CNN(ModelSpec):
     ``pool_after`` lists the blocks (from 0) followed by pooling (default: every block, when ``pool`` is not
     "none"). ``memory_format="channels_last"`` runs the conv blocks in channels-last layout (oneDNN's faster CPU
     kernels); a cnn1d then computes its 1-D layers as 2-D ones over one-row images, (C, L) -> (C, 1, L), so its
-    conv weights have shape (out, in, 1, k). Same function, other rounding; measured on MNIST-1D (4 blocks of 32,
-    batch 128, one thread) a step took 0.5-0.85x the time of the contiguous layout, less with pooling.
+    conv weights have shape (out, in, 1, k). Same init and function, other rounding; measured on MNIST-1D (4 blocks
+    of 32, batch 128, one thread, idle machine) a step took 0.66-0.71x the contiguous one's time without pooling and
+    0.50-0.54x with pooling after block 1 (where a contiguous step got no faster: bench/RESULTS.md).
     """
 
     spatial_dims: ClassVar[int]
