@@ -46,10 +46,16 @@ def test_output_shape(name, shape, extra):
     assert model(torch.randn(4, *shape)).shape == (4, 3)
 
 
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    """Equal up to float32 rounding measured against the tensor's scale: elementwise tolerances fail where batch
+    norm's backward cancels to near zero (over 480 random inputs the worst max|diff| / max|expected| was 2.8e-6)."""
+    assert (actual - expected).abs().max() <= rel * expected.abs().max()
+
+
 @pytest.mark.parametrize("shape", [(40,), (3, 40)])
 @pytest.mark.parametrize("extra", [{"pool": "max", "head": [8]}, {"pool": "avg", "pool_after": [1], "head": [8]},
                                    {"pool": "none", "global_pool": "max", "head": []},
-                                   {"norm": "layer", "conv_dropout": 0.0, "head": [8]}])
+                                   {"norm": "layer", "head": [8]}])
 def test_cnn1d_channels_last_computes_the_same_function(shape, extra):
     """Built from the same generator, the channels-last cnn1d (2-D layers over one-row images) has the same weights
     (conv kernels (out, in, 1, k) instead of (out, in, k)) and outputs as the contiguous one, up to rounding."""
@@ -61,16 +67,16 @@ def test_cnn1d_channels_last_computes_the_same_function(shape, extra):
     assert list(a) == list(b)
     for key in a:
         assert torch.equal(a[key].flatten(), b[key].flatten()), key
-    x = torch.randn(16, *shape)
-    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    x = torch.randn(16, *shape, generator=gen(7))
+    assert_close_to_scale(fast(x), plain(x))
+    seen: list[bool] = []
     fast.conv_blocks[1].conv.register_forward_hook(
         lambda m, i, o: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
-    seen: list[bool] = []
     fast(x)
     assert seen == [True]  # the layout holds through the blocks, not just at the input
     grads = [torch.autograd.grad(m(x).square().sum(), m.conv_blocks[0].conv.weight)[0].flatten()
              for m in (plain, fast)]
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    assert_close_to_scale(grads[1], grads[0])
 
 
 def test_cnn2d_channels_last_keeps_its_weights_and_function():
@@ -78,8 +84,8 @@ def test_cnn2d_channels_last_keeps_its_weights_and_function():
     plain = MODELS.create(spec).build((2, 8, 8), 3, gen(1))
     fast = MODELS.create({**spec, "memory_format": "channels_last"}).build((2, 8, 8), 3, gen(1))
     assert [k for k, _ in fast.named_children()][:1] == ["channels_last"]
-    x = torch.randn(4, 2, 8, 8)
-    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    x = torch.randn(4, 2, 8, 8, generator=gen(7))
+    assert_close_to_scale(fast(x), plain(x))
 
 
 def test_pool_after_pools_only_the_named_blocks():

@@ -236,13 +236,14 @@ class _CNN(ModelSpec):
         # channels-last CPU kernels for convolution, batch norm and pooling are faster than its 1-D ones.
         as_image = nd == 1 and self.memory_format == "channels_last"
         if as_image:  # (L,) -> (1, 1, L); (C, L) -> (C, 1, L)
-            parts.append(("to_channels", nn.Unflatten(*((1, (1, 1, spatial[0])) if len(input_shape) == 1
-                                                        else (2, (1, spatial[0]))))))
+            dim, sizes = (1, (1, 1, spatial[0])) if len(input_shape) == 1 else (2, (1, spatial[0]))
+            parts.append(("to_channels", nn.Unflatten(dim, sizes)))
         elif len(input_shape) == nd:
             parts.append(("to_channels", nn.Unflatten(1, (1, input_shape[0]))))
         if self.memory_format == "channels_last":
             parts.append(("channels_last", ChannelsLast()))
-        halvings = len(self.pooled_blocks)
+        pooled = self.pooled_blocks
+        halvings = len(pooled)
         if min(spatial) < 2 ** halvings:
             raise ValueError(f"{self.name} halves each spatial size {halvings} times (pool={self.pool!r} after "
                              f"{halvings} of its {len(self.channels)} conv blocks), so it needs spatial sizes of at "
@@ -257,7 +258,7 @@ class _CNN(ModelSpec):
             # GroupNorm with one group normalizes each sample over all its channels and positions: layer norm.
             norm = self._norm(batch_norm, lambda c: nn.GroupNorm(1, c), out_channels)
             tail = []
-            if index in self.pooled_blocks:
+            if index in pooled:
                 tail.append(("pool", pool[self.pool][dims](window)))
             if self.conv_dropout > 0:
                 tail.append(("dropout", self._dropout(self.conv_dropout)))
