@@ -294,6 +294,9 @@ def can_batch(config: RunConfig, callbacks: Sequence[Callback] = (),
         return False, ("the model's 'memory_format' 'channels_last' has no stacked form: per-replica slices of a "
                        "stacked batch are not in channels-last layout, so the kernels (and roundings) would differ "
                        "from a sequential run's")
+    if config.precision != "fp32":
+        return False, (f"the 'precision' {config.precision!r} (autocast) rounds a stacked matmul differently from "
+                       f"each replica's own, so batched runs would not equal sequential ones")
     if config.optimizer.full_batch:
         return False, (f"the 'optimizer' {config.optimizer.name!r} takes one full-batch step per epoch with a "
                        f"closure; batched replicas step on minibatches")

@@ -39,6 +39,8 @@ class RunConfig(Section):
     gradient_noise: float = Field(0.0, ge=0, description="eta of annealed gradient noise (Neelakantan et al. 2015)")
     weight_noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to weights at each step")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="the training step's arithmetic: fp32, or mixed precision (autocast) in bf16 or fp16")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = Field(None, ge=1)
     checkpoint_every_epochs: int = Field(1, ge=1)

@@ -67,7 +67,14 @@ def config_hash(config: RunConfig) -> str:
     return _resolved_hash(config.model_dump(mode="json"))
 
 
+# Top-level fields added after stores existed, with the value every earlier run had: hashed only when set otherwise,
+# so the runs stored before a field existed keep their keys (and stores their cached runs).
+HASH_NEUTRAL_DEFAULTS = {"precision": "fp32"}
+
+
 def _resolved_hash(resolved: dict[str, Any]) -> str:
+    resolved = {k: v for k, v in resolved.items()
+                if k not in HASH_NEUTRAL_DEFAULTS or v != HASH_NEUTRAL_DEFAULTS[k]}
     text = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
