@@ -36,6 +36,7 @@ def benches(quick: bool) -> dict[str, list[str]]:
         "trainer": [PY, str(HERE / "bench_trainer.py"), *(["--epochs", "2"] if quick else [])],
         "probes": [PY, str(HERE / "bench_probes.py"), *(["--epochs", "1", "--repeats", "2"] if quick else [])],
         "subnormal": [PY, str(HERE / "bench_subnormal.py"), *rounds],
+        "precision": [PY, str(HERE / "bench_precision.py"), *rounds],
         "batched": [PY, str(HERE / "bench_batched.py"), *rounds],
         "peers": [PY, str(HERE / "bench_peers.py"), *(["--epochs", "10", "--rounds", "2"] if quick else [])],
         "cold_start": [PY, str(HERE / "bench_cold_start.py"), *(["--rounds", "3"] if quick else [])],
