@@ -118,3 +118,17 @@ def test_what_mixed_precision_cannot_apply_to_says_so(tiny):
         build_trainer(load_config({**tiny, "precision": "bf16", "optimizer": {"name": "lbfgs"}}))
     ok, why = can_batch(load_config({**tiny, "precision": "bf16"}))
     assert not ok and "'precision' 'bf16'" in why
+
+
+def test_an_activity_penalty_under_bf16_is_summed_in_float32(tiny):
+    seen = []
+
+    class PenaltyDtype(Callback):
+        def after_backward(self, trainer):
+            penalty = trainer.penalties[0]
+            seen.append(({o.dtype for o in penalty.outputs}, penalty.value().dtype))
+
+    config = load_config({**tiny, "precision": "bf16", "epochs": 1,
+                          "regularizers": [{"name": "l2", "strength": 1e-3, "target": "activity"}]})
+    build_trainer(config, callbacks=[PenaltyDtype()]).fit()
+    assert seen and all(outputs == {torch.bfloat16} and value == torch.float32 for outputs, value in seen)

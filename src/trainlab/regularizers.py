@@ -226,6 +226,8 @@ class ActivityPenalty(Penalty):
             raise RuntimeError(f"This {self.regularizer.name} penalty was removed.")
         total = self._zero()
         for out in self.outputs:
+            # Under mixed precision the outputs are bf16 or fp16; the penalty is summed in float32, as the loss is.
+            out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
             total = total + self.regularizer.penalty(out) / (out.shape[0] if out.ndim else 1)
         return total
 

@@ -284,12 +284,13 @@ _NO_AUTOCAST = nullcontext()
 class MixedPrecision:
     """The training step's arithmetic: ``fp32``, or mixed precision, ``bf16`` or ``fp16``.
 
-    Mixed precision runs the training forward pass and loss under ``torch.autocast`` (matmuls and convolutions in
-    the low-precision type; softmax, losses and norms in float32), while weights, gradients, optimizer state and
-    penalties stay float32; evaluation runs in float32. ``fp16`` has a 5-bit exponent, so its loss is scaled by a
-    ``torch.amp.GradScaler`` (gradients are unscaled before the ``after_backward`` callbacks, such as clipping,
-    see them; a step whose gradients overflowed is skipped and the scale lowered). ``bf16`` has float32's range
-    and needs no scaling. Micikevicius et al., "Mixed precision training", ICLR 2018.
+    Mixed precision runs the training forward pass and loss under ``torch.autocast``: matmuls and convolutions in
+    the low-precision type, the ops autocast keeps in float32 (the loss; on CUDA also softmax and layer norm) in
+    float32, the rest (activations, batch norm on the CPU) in the type they receive. Weights, gradients, optimizer
+    state and penalties stay float32, and evaluation runs in float32. ``fp16`` has a 5-bit exponent, so its loss is
+    scaled by a ``torch.amp.GradScaler``: the ``after_backward`` callbacks (clipping, gradient noise, probes) see
+    the gradients unscaled, and a step whose gradients overflowed is skipped and the scale halved. ``bf16`` has
+    float32's range and needs no scaling. Micikevicius et al., "Mixed precision training", ICLR 2018.
     """
 
     def __init__(self, name: str, device: torch.device):
@@ -302,8 +303,7 @@ class MixedPrecision:
         if name == "fp16" and device.type == "cpu":
             warnings.warn("precision 'fp16' on the CPU: CPUs without float16 arithmetic emulate it (an epoch of the "
                           "MNIST-1D recipes took 10-13x its fp32 time on an AVX-512 CPU); 'bf16' is the CPU's "
-                          "mixed precision.",
-                          stacklevel=3)
+                          "mixed precision.", stacklevel=3)
         self.name, self.device_type, self.dtype = name, device.type, PRECISIONS[name]
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
 
