@@ -132,3 +132,10 @@ def test_an_activity_penalty_under_bf16_is_summed_in_float32(tiny):
                           "regularizers": [{"name": "l2", "strength": 1e-3, "target": "activity"}]})
     build_trainer(config, callbacks=[PenaltyDtype()]).fit()
     assert seen and all(outputs == {torch.bfloat16} and value == torch.float32 for outputs, value in seen)
+
+
+def test_the_same_bf16_config_twice_gives_the_same_numbers(tiny):
+    config = load_config({**tiny, "precision": "bf16", "model": {**tiny["model"], "norm": "batch"}})
+    a, b = train(config, keep_model=True), train(config, keep_model=True)
+    assert a.metric("train_loss") == b.metric("train_loss") and a.final["test_acc"] == b.final["test_acc"]
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
