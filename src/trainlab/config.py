@@ -113,6 +113,39 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping with its ``base`` resolved: ``base: other.yaml`` (relative to the file's folder)
+    loads that config first and lays this file's keys over it, mapping into mapping (a component given another
+    ``name`` is replaced whole); lists and values replace. A base may have a base of its own."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"The 'base' key of the config file {str(path)!r} must be the path of another config file "
+                          f"(relative to its folder). Got {short_repr(base)} instead.")
+    base_path = path.parent / base
+    chain = (*_chain, path.resolve())
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(repr(str(p)) for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"The config files' bases form a cycle: {cycle}. Remove one of these 'base' keys.")
+    if not base_path.is_file():
+        raise ConfigError(f"The 'base' of the config file {str(path)!r}, {base!r}, is not a file: "
+                          f"{str(base_path)!r} (a base is relative to the folder of the file that names it).")
+    return _laid_over(read_config_file(base_path, chain), raw)
+
+
+def _laid_over(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        same_component = (isinstance(below, dict) and isinstance(value, Mapping)
+                          and value.get("name", below.get("name")) == below.get("name"))
+        out[key] = _laid_over(below, value) if same_component else value
+    return out
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["optimizer.lr=3e-3", "model.norm=batch"]`` -> ``{"optimizer.lr": 0.003, ...}``; values parse as YAML."""
     if isinstance(items, (str, bytes)):
@@ -190,6 +223,10 @@ def resolve(raw: Mapping[str, Any] | RunConfig) -> RunConfig:
     """Validate a raw dict into a RunConfig, turning pydantic's errors into one clear ConfigError."""
     if isinstance(raw, RunConfig):
         return raw
+    if "base" in raw:
+        raise ConfigError(f"The 'base' key ({short_repr(raw['base'])}) names a base config file, which works in a "
+                          f"YAML config file (relative to its folder), not in a mapping. Use "
+                          f"load_config(base_path, overrides) instead.")
     try:
         return RunConfig.model_validate(dict(raw))
     except ValidationError as e:
@@ -208,7 +245,7 @@ def load_config(source: str | Path | Mapping[str, Any] | RunConfig,
     elif isinstance(source, Mapping):
         config = resolve(source)
     elif isinstance(source, (str, os.PathLike)):
-        config = resolve(read_yaml(source))
+        config = resolve(read_config_file(source))
     else:
         raise ConfigError(f"The 'source' argument of load_config must be a YAML file path, a mapping or a "
                           f"RunConfig. Got {type(source).__name__} {short_repr(source)} instead.")
