@@ -304,7 +304,7 @@ class MixedPrecision:
             warnings.warn("precision 'fp16' on the CPU: CPUs without float16 arithmetic emulate it (an epoch of the "
                           "MNIST-1D recipes took 10-13x its fp32 time on an AVX-512 CPU); 'bf16' is the CPU's "
                           "mixed precision.", stacklevel=3)
-        self.name, self.device_type, self.dtype = name, device.type, PRECISIONS[name]
+        self.device_type, self.dtype = device.type, PRECISIONS[name]
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
 
     def autocast(self) -> AbstractContextManager[Any]:
